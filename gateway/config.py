@@ -1,0 +1,257 @@
+"""The gateway's YAML configuration, validated once into typed objects.
+
+Strings may reference the environment as ``${VAR}`` (an error when unset) or
+``${VAR:-default}``. Every model forbids unknown keys, so a typo in the file is
+an error at start-up rather than a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = "config/gateway.yaml"
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be read or does not validate.
+
+    ``problems`` holds one ``file: key.path: message`` line per problem.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    keepalive_interval_s: float = Field(15.0, gt=0, description="SSE comment interval while tools run")
+
+
+class TimeoutConfig(_Strict):
+    connect: float = Field(5.0, gt=0)
+    read: float = Field(300.0, gt=0)
+
+
+class RetryConfig(_Strict):
+    attempts: int = Field(3, ge=1, description="total tries of one upstream call, the first included")
+    initial_wait_s: float = Field(0.25, ge=0)
+    max_wait_s: float = Field(10.0, ge=0, description="cap on one wait, Retry-After included")
+    max_total_s: float = Field(30.0, gt=0, description="give up retrying after this long")
+
+
+class FallbackConfig(_Strict):
+    upstream: str
+    model: str | None = None
+
+
+class UpstreamConfig(_Strict):
+    name: str
+    base_url: str
+    api_key: str = ""
+    auth_scheme: Literal["bearer", "api-key"] = "bearer"
+    headers: dict[str, str] = Field(default_factory=dict)
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    model_map: dict[str, str] = Field(default_factory=dict)
+    timeout_s: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    fallbacks: list[FallbackConfig] = Field(default_factory=list)
+    server_tools: bool = True
+    stream_usage: bool = Field(True, description="ask for stream_options.include_usage; off for servers that reject it")
+    max_connections: int = Field(256, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def serves(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_map.get(model, model)
+
+
+class ApiKey(_Strict):
+    name: str
+    key: str
+
+
+class AuthConfig(_Strict):
+    api_keys: list[ApiKey] = Field(default_factory=list)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _name_bare_keys(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [
+            {"name": f"key-{i + 1}", "key": item} if isinstance(item, str) else item for i, item in enumerate(value)
+        ]
+
+
+class LoopConfig(_Strict):
+    max_rounds: int = Field(8, ge=1)
+    max_tool_calls: int = Field(32, ge=1, description="server tool calls per request")
+    deadline_s: float = Field(600.0, gt=0, description="wall time of one request, all rounds")
+    max_parallel_calls: int = Field(8, ge=1, description="concurrent tool runs within one request")
+    max_global_calls: int = Field(64, ge=1, description="concurrent tool runs across the process")
+    default_timeout_s: float = Field(30.0, gt=0, description="per tool call, unless the tool sets one")
+    max_result_chars: int = Field(16_000, ge=256)
+    continuation_ttl_s: float = Field(900.0, gt=0)
+
+
+class McpServerConfig(_Strict):
+    name: str
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    allow: list[str] | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("set exactly one of 'command' (stdio) or 'url' (streamable HTTP)")
+        return self
+
+    @property
+    def tool_prefix(self) -> str:
+        return f"{self.name}__" if self.prefix is None else self.prefix
+
+
+class ToolsConfig(_Strict):
+    paths: list[str] = Field(default_factory=lambda: ["tools"])
+    enabled: list[str] | None = None
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-tool settings, read by the tool through its context"
+    )
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list)
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    upstreams: list[UpstreamConfig] = Field(min_length=1)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        names = [u.name for u in self.upstreams]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate upstream names: {', '.join(duplicates)}")
+        for upstream in self.upstreams:
+            for fallback in upstream.fallbacks:
+                if fallback.upstream not in names:
+                    raise ValueError(f"upstream {upstream.name!r} falls back to unknown upstream {fallback.upstream!r}")
+        return self
+
+    def upstream_for(self, model: str) -> UpstreamConfig | None:
+        return next((u for u in self.upstreams if u.serves(model)), None)
+
+    def upstream_named(self, name: str) -> UpstreamConfig:
+        return next(u for u in self.upstreams if u.name == name)
+
+
+def interpolate(value: Any, environ: dict[str, str], path: str, missing: list[str]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ, f"{path}.{i}", missing) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        missing.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def parse_config(text: str, source: str, environ: dict[str, str] | None = None) -> GatewayConfig:
+    """Validate YAML text; raise ConfigError with ``source: key.path: message`` lines."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping"])
+    missing: list[str] = []
+    resolved = interpolate(raw, dict(os.environ) if environ is None else environ, "", missing)
+    if missing:
+        raise ConfigError([f"{source}: {m}" for m in missing])
+    try:
+        return GatewayConfig.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"{source}: {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()]
+        ) from exc
+
+
+def load_config(path: str | Path | None = None) -> GatewayConfig:
+    """Read the config file at ``path``, else ``$GATEWAY_CONFIG``, else the default path."""
+    source = Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from exc
+    return parse_config(text, str(source))
+
+
+_SECRET_KEYS = {"api_key", "key", "authorization", "token", "password", "secret"}
+
+
+def masked(config: GatewayConfig) -> dict[str, Any]:
+    """The resolved config as plain data, with secrets replaced by ``***``."""
+
+    def mask(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: mask(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v, key) for v in value]
+        if isinstance(value, str) and value and key.lower() in _SECRET_KEYS:
+            return "***"
+        return value
+
+    data = config.model_dump(mode="json")
+    for upstream in data["upstreams"]:
+        upstream["headers"] = {k: "***" for k in upstream["headers"]}
+    for server in data["tools"]["mcp_servers"]:
+        server["headers"] = {k: "***" for k in server["headers"]}
+        server["env"] = {k: "***" for k in server["env"]}
+    return mask(data)  # type: ignore[no-any-return]

@@ -1,0 +1,115 @@
+"""Prometheus series, named after the OpenTelemetry GenAI conventions where they define one.
+
+Label values are bounded: models come from the config, tools from the registry;
+anything else folds into ``other`` so a client cannot grow the series without end.
+With several workers, prometheus-client's multiprocess mode is used (the CLI sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+OTHER = "other"
+
+# Milliseconds to minutes: a cached answer, a tool call, a long generation.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+ROUND_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
+
+REQUESTS = Counter(
+    "gateway_requests",
+    "Chat completion requests by client-facing model, stream mode and HTTP status.",
+    ["gen_ai_request_model", "stream", "status"],
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "gateway_requests_in_flight", "Chat completion requests being served.", multiprocess_mode="livesum"
+)
+REQUEST_DURATION = Histogram(
+    "gen_ai_server_request_duration_seconds",
+    "Time to serve a chat completion request, all rounds included.",
+    ["gen_ai_request_model", "stream"],
+    buckets=LATENCY_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "gateway_overhead_seconds",
+    "Wall time of a request minus time spent waiting on upstreams and tools: the gateway's own cost.",
+    ["stream"],
+    buckets=OVERHEAD_BUCKETS,
+)
+UPSTREAM_REQUESTS = Counter(
+    "gateway_upstream_requests",
+    "Calls to upstream servers by outcome (ok or the error's class).",
+    ["upstream", "outcome"],
+)
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_request_duration_seconds",
+    "Time of one upstream call, to the end of its body or stream.",
+    ["upstream"],
+    buckets=LATENCY_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gen_ai_server_time_to_first_token_seconds",
+    "Time from sending a streamed round upstream to its first chunk.",
+    ["gen_ai_request_model"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens per request, summed over its rounds, by model and token type.",
+    ["gen_ai_request_model", "gen_ai_token_type"],
+    buckets=TOKEN_BUCKETS,
+)
+TOOL_CALLS = Counter(
+    "gateway_tool_calls", "Server-side tool calls by tool and outcome.", ["gen_ai_tool_name", "outcome"]
+)
+TOOL_DURATION = Histogram(
+    "gen_ai_client_operation_duration_seconds",
+    "Duration of GenAI operations; here, server-side tool runs.",
+    ["gen_ai_operation_name", "gen_ai_tool_name"],
+    buckets=LATENCY_BUCKETS,
+)
+TOOL_ROUNDS = Histogram("gateway_tool_rounds", "Server tool rounds run for one request.", buckets=ROUND_BUCKETS)
+CONTINUATIONS = Counter(
+    "gateway_continuations", "Mixed-turn continuations by event (stored, resumed, expired).", ["event"]
+)
+
+
+class Labels:
+    """Folds label values outside the known set into ``other``."""
+
+    def __init__(self, models: Iterable[str], tools: Iterable[str]) -> None:
+        self.models = frozenset(m for m in models if m != "*")
+        self.tools = set(tools)
+
+    def model(self, value: str) -> str:
+        return value if value in self.models else OTHER
+
+    def tool(self, value: str) -> str:
+        return value if value in self.tools else OTHER
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for ``/metrics``, merged across workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

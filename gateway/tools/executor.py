@@ -1,0 +1,151 @@
+"""Running the model's server tool calls: validate, bound, time out, and turn every failure into data.
+
+Nothing a tool does can fail the request: bad JSON, a schema violation, an unknown
+name, a timeout or an exception all become a tool message ``{"error", "type"}``
+the model can act on; stack traces go to the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from gateway import metrics
+from gateway.deltas import ToolCall
+from gateway.metrics import Labels
+from gateway.tools.base import InvalidArguments, ToolContext, ToolFailed
+from gateway.tools.registry import ToolRegistry
+
+log = logging.getLogger("gateway.tools")
+
+Outcome = Literal["ok", "error", "timeout", "invalid_arguments", "unknown_tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    call: ToolCall
+    content: str
+    outcome: Outcome
+    duration_s: float
+    error: str | None = None
+
+    def message(self) -> dict[str, Any]:
+        return {"role": "tool", "tool_call_id": self.call.id, "content": self.content}
+
+    def trace(self) -> dict[str, Any]:
+        """What an opted-in client is shown about this call."""
+        entry: dict[str, Any] = {
+            "id": self.call.id,
+            "name": self.call.name,
+            "arguments": self.call.arguments,
+            "outcome": self.outcome,
+            "duration_ms": round(self.duration_s * 1000, 3),
+        }
+        if self.error is None:
+            entry["result"] = self.content
+        else:
+            entry["error"] = self.error
+        return entry
+
+
+def _error_content(message: str, kind: str) -> str:
+    return orjson.dumps({"error": message, "type": kind}).decode()
+
+
+def render_result(result: Any, max_chars: int) -> str:
+    """Strings as they are, anything else as JSON; long outputs cut with a note."""
+    if isinstance(result, str):
+        text = result
+    else:
+        try:
+            text = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
+        except TypeError:
+            text = str(result)
+    if len(text) > max_chars:
+        dropped = len(text) - max_chars
+        text = f"{text[:max_chars]}\n[output truncated: {dropped} more characters not shown]"
+    return text
+
+
+class ToolExecutor:
+    """Runs calls with a per-request and a process-wide cap on concurrent runs."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        labels: Labels,
+        *,
+        max_global_calls: int,
+        max_parallel_calls: int,
+        default_timeout_s: float,
+        max_result_chars: int,
+    ) -> None:
+        self.registry = registry
+        self.labels = labels
+        self._global = asyncio.Semaphore(max_global_calls)
+        self.max_parallel_calls = max_parallel_calls
+        self.default_timeout_s = default_timeout_s
+        self.max_result_chars = max_result_chars
+
+    def request_slots(self) -> asyncio.Semaphore:
+        """The per-request cap; one semaphore is shared by all rounds of a request."""
+        return asyncio.Semaphore(self.max_parallel_calls)
+
+    async def run(self, call: ToolCall, context: ToolContext, slots: asyncio.Semaphore) -> ToolOutcome:
+        started = time.perf_counter()
+        outcome = await self._run(call, context, slots, started)
+        tool_label = self.labels.tool(call.name)
+        metrics.TOOL_CALLS.labels(tool_label, outcome.outcome).inc()
+        metrics.TOOL_DURATION.labels("execute_tool", tool_label).observe(outcome.duration_s)
+        log.debug(
+            "tool call",
+            extra={
+                "event": "tool_call",
+                "request_id": context.request_id,
+                "tool": call.name,
+                "outcome": outcome.outcome,
+                "duration_ms": round(outcome.duration_s * 1000, 3),
+                "error": outcome.error,
+            },
+        )
+        return outcome
+
+    async def _run(self, call: ToolCall, context: ToolContext, slots: asyncio.Semaphore, started: float) -> ToolOutcome:
+        def failed(kind: Outcome, message: str) -> ToolOutcome:
+            return ToolOutcome(call, _error_content(message, kind), kind, time.perf_counter() - started, message)
+
+        tool = self.registry.get(call.name)
+        if tool is None:
+            known = ", ".join(t.name for t in self.registry.enabled())
+            return failed("unknown_tool", f"Unknown tool {call.name!r}. Available tools: {known}.")
+        try:
+            arguments = orjson.loads(call.arguments) if call.arguments.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            return failed("invalid_arguments", f"Arguments are not valid JSON ({exc}). Send a JSON object.")
+        if not isinstance(arguments, dict):
+            return failed("invalid_arguments", "Arguments must be a JSON object.")
+        try:
+            validated = tool.validate(arguments)
+        except InvalidArguments as exc:
+            return failed("invalid_arguments", f"Invalid arguments for {call.name}: {exc}")
+        timeout = min(tool.timeout_s or self.default_timeout_s, context.remaining_s())
+        tool_context = ToolContext(
+            context.request_id, context.key_name, context.deadline, self.registry.settings_for(call.name)
+        )
+        try:
+            async with slots, self._global:
+                async with asyncio.timeout(timeout):
+                    result = await tool.invoke(validated, tool_context)
+        except TimeoutError:
+            return failed("timeout", f"Tool {call.name} did not finish within {timeout:.3g} s.")
+        except ToolFailed as exc:
+            return failed("error", str(exc))
+        except Exception as exc:
+            log.exception("tool %s failed", call.name, extra={"request_id": context.request_id})
+            return failed("error", f"{type(exc).__name__}: {exc}")
+        return ToolOutcome(call, render_result(result, self.max_result_chars), "ok", time.perf_counter() - started)

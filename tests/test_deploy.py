@@ -1,0 +1,584 @@
+"""The deployment files: Dockerfile, compose stack, Prometheus scrape config, Grafana provisioning.
+
+No container engine runs where the tests do, so each file is checked by its own linter or
+schema, then parsed and compared with the code it deploys: the config schema in
+``gateway.config`` and the series defined in ``gateway.metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import Counter, Gauge, Histogram, Summary
+
+from gateway import metrics
+from gateway.config import DEFAULT_CONFIG_PATH, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+PROMETHEUS_CONFIG = ROOT / "config" / "prometheus.yml"
+GRAFANA_DIR = ROOT / "config" / "grafana"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "gateway.json"
+ENV_EXAMPLE = ROOT / "config" / ".env.example"
+
+SERVICES = {"gateway", "vllm", "llamacpp", "prometheus", "grafana"}
+
+
+def _executable(name: str) -> str:
+    """A console script of the test interpreter's environment, else one on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed; it comes with the project's dev extra")
+    return found
+
+
+def _load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+# --- Dockerfile -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+    def exec_form(self) -> list[str]:
+        """The JSON-array form's items; shell form is split like a shell would."""
+        text = self.arguments
+        if self.keyword == "HEALTHCHECK":
+            text = text.split(" CMD ", 1)[1] if " CMD " in f" {text}" else ""
+            text = text.strip()
+        if text.startswith("["):
+            items = json.loads(text)
+            assert isinstance(items, list)
+            return [str(item) for item in items]
+        return shlex.split(text)
+
+
+def _dockerfile_stages() -> list[list[Instruction]]:
+    """Instructions grouped by build stage, continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+
+    stages: list[list[Instruction]] = []
+    for line in logical:
+        keyword, _, arguments = line.partition(" ")
+        instruction = Instruction(keyword.upper(), arguments.strip())
+        if instruction.keyword == "FROM":
+            stages.append([])
+        assert stages, "the Dockerfile must start with FROM"
+        stages[-1].append(instruction)
+    return stages
+
+
+def _final_stage() -> list[Instruction]:
+    return _dockerfile_stages()[-1]
+
+
+def _env(stage: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword == "ENV":
+            for item in shlex.split(instruction.arguments):
+                name, _, value = item.partition("=")
+                env[name] = value
+    return env
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [_executable("hadolint"), "--no-color", str(DOCKERFILE)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_dockerfile_builds_in_one_stage_and_runs_from_a_slim_python_image() -> None:
+    stages = _dockerfile_stages()
+    assert len(stages) >= 2
+    base = stages[-1][0].arguments.split()[0]
+    assert re.fullmatch(r"python:3\.1[12][\w.-]*-slim[\w.-]*", base), base
+
+
+def test_dockerfile_final_stage_installs_nothing() -> None:
+    """Build tools, apt lists and pip caches stay in the builder stage."""
+    for instruction in _final_stage():
+        if instruction.keyword == "RUN":
+            assert not re.search(r"\b(apt-get|apt|pip|pip3)\s+install\b", instruction.arguments), instruction
+    for stage in _dockerfile_stages():
+        for instruction in stage:
+            if instruction.keyword == "RUN" and re.search(r"\bpip3?\s+install\b", instruction.arguments):
+                assert "--no-cache-dir" in instruction.arguments, instruction
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [i.arguments for i in _final_stage() if i.keyword == "USER"]
+    assert users, "the final stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+
+
+def test_dockerfile_exposes_8080_and_checks_healthz_without_curl() -> None:
+    stage = _final_stage()
+    exposed = {port for i in stage if i.keyword == "EXPOSE" for port in i.arguments.split()}
+    assert {"8080", "8080/tcp"} & exposed
+    healthchecks = [i for i in stage if i.keyword == "HEALTHCHECK"]
+    assert len(healthchecks) == 1
+    command = " ".join(healthchecks[0].exec_form())
+    # The slim Python image ships no curl or wget.
+    assert command.startswith("python") and "/healthz" in command and ":8080" in command
+
+
+def test_dockerfile_copies_config_and_tools_into_app() -> None:
+    stage = _final_stage()
+    workdir = next(i.arguments for i in reversed(stage) if i.keyword == "WORKDIR")
+    copied: dict[str, PurePosixPath] = {}
+    for instruction in stage:
+        if instruction.keyword == "COPY" and "--from" not in instruction.arguments:
+            *sources, target = [a for a in instruction.arguments.split() if not a.startswith("--")]
+            for source in sources:
+                copied[source.rstrip("/")] = PurePosixPath(workdir, target)
+    assert copied.get("config") == PurePosixPath("/app/config")
+    assert copied.get("tools") == PurePosixPath("/app/tools")
+
+
+def test_dockerfile_serves_the_default_config_from_app() -> None:
+    stage = _final_stage()
+    entrypoint = next((i.exec_form() for i in reversed(stage) if i.keyword == "ENTRYPOINT"), [])
+    command = next((i.exec_form() for i in reversed(stage) if i.keyword == "CMD"), [])
+    argv = entrypoint + command
+    assert argv[:2] == ["gateway", "serve"], argv
+    # The path comes from GATEWAY_CONFIG, so compose and `docker run -e` can replace it.
+    assert "--config" not in argv
+    assert _env(stage)["GATEWAY_CONFIG"] == f"/app/{DEFAULT_CONFIG_PATH}"
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------
+
+
+def _compose() -> dict[str, Any]:
+    document = _load_yaml(COMPOSE_FILE)
+    assert isinstance(document, dict)
+    return document
+
+
+def _service(name: str) -> dict[str, Any]:
+    service = _compose()["services"][name]
+    assert isinstance(service, dict)
+    return service
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        return dict(item.partition("=")[::2] for item in environment)
+    return {str(k): str(v) for k, v in environment.items()}
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path to (host path, read-only) for every bind mount of a service."""
+    mounts: dict[str, tuple[str, bool]] = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            read_only = bool(mode) and "ro" in mode[0].split(",")
+        else:
+            source, target = volume["source"], volume["target"]
+            read_only = bool(volume.get("read_only", False))
+        if source.startswith((".", "/")):
+            mounts[target] = (source, read_only)
+    return mounts
+
+
+def _host_path(service: dict[str, Any], container_path: str) -> Path:
+    """The file in this repository that a bind mount shows at ``container_path``."""
+    path = PurePosixPath(container_path)
+    for target, (source, _) in sorted(_bind_mounts(service).items(), key=lambda m: -len(m[0])):
+        if path == PurePosixPath(target) or PurePosixPath(target) in path.parents:
+            return ROOT / source / path.relative_to(target)
+    raise AssertionError(f"nothing in the repository is mounted at {container_path}")
+
+
+def _container_ports(service: dict[str, Any]) -> set[int]:
+    ports: set[int] = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ports.add(int(port["target"]))
+        else:
+            ports.add(int(str(port).split(":")[-1].split("/")[0]))
+    return ports
+
+
+def _healthcheck_command(service: dict[str, Any]) -> str:
+    test = service["healthcheck"]["test"]
+    return test if isinstance(test, str) else " ".join(test)
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    result = subprocess.run(
+        [_executable("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_has_the_expected_services_and_no_version_key() -> None:
+    compose = _compose()
+    assert "version" not in compose
+    assert set(compose["services"]) == SERVICES
+
+
+def test_compose_model_servers_are_opt_in_by_profile() -> None:
+    assert _service("vllm")["profiles"] == ["gpu"]
+    assert _service("llamacpp")["profiles"] == ["cpu"]
+    for name in SERVICES - {"vllm", "llamacpp"}:
+        assert "profiles" not in _service(name), f"{name} would not start by default"
+
+
+@pytest.mark.parametrize(
+    ("name", "endpoint"),
+    [
+        ("gateway", ":8080/healthz"),
+        ("vllm", ":8000/health"),
+        ("llamacpp", ":8081/health"),
+        ("prometheus", ":9090/-/healthy"),
+        ("grafana", ":3000/api/health"),
+    ],
+)
+def test_compose_service_has_a_healthcheck(name: str, endpoint: str) -> None:
+    service = _service(name)
+    assert not service["healthcheck"].get("disable", False)
+    command = _healthcheck_command(service)
+    assert endpoint in command
+    if name == "gateway":
+        assert "curl" not in command and "wget" not in command
+
+
+def test_compose_images_are_pinned() -> None:
+    # llama.cpp publishes its server image under a rolling tag alongside per-build ones.
+    for name in SERVICES - {"gateway", "llamacpp"}:
+        image = _service(name)["image"]
+        assert re.search(r":v?\d+(\.\d+)+$", image), image
+    assert "build" in _service("gateway")
+
+
+def test_compose_gateway_publishes_8080_and_mounts_config_and_tools_read_only() -> None:
+    gateway = _service("gateway")
+    assert _container_ports(gateway) == {8080}
+    assert any(str(p).startswith("8080:") or isinstance(p, dict) for p in gateway["ports"])
+    mounts = _bind_mounts(gateway)
+    assert mounts["/app/config"] == ("./config", True)
+    assert mounts["/app/tools"] == ("./tools", True)
+    assert gateway["restart"] == "unless-stopped"
+
+
+def test_compose_gateway_env_file_is_optional() -> None:
+    env_files = _service("gateway")["env_file"]
+    assert env_files == [{"path": ".env", "required": False}]
+
+
+def test_compose_gateway_config_exists_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = _service("gateway")
+    path = _host_path(gateway, _environment(gateway)["GATEWAY_CONFIG"])
+    assert path.is_file(), path
+    # Every reference needs a default: compose must work before anyone writes a .env.
+    for name in re.findall(r"\$\{(\w+)", path.read_text(encoding="utf-8")):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config(path)
+    assert [u.name for u in config.upstreams] == ["vllm"]
+    assert config.upstreams[0].base_url == "http://vllm:8000/v1"
+    assert config.server.port in _container_ports(gateway)
+    assert "http://llamacpp:8081/v1" in path.read_text(encoding="utf-8")
+
+
+def test_compose_vllm_serves_with_tool_calling_on_a_gpu() -> None:
+    vllm = _service("vllm")
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    command = vllm["command"]
+    assert command[command.index("--model") + 1].startswith("${VLLM_MODEL:-")
+    assert "--enable-auto-tool-choice" in command
+    assert command[command.index("--tool-call-parser") + 1] == "hermes"
+    assert vllm["ipc"] == "host"
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert "HF_TOKEN" in _environment(vllm)
+    assert any(str(v).endswith(":/root/.cache/huggingface") for v in vllm["volumes"])
+
+
+def test_compose_llamacpp_serves_a_gguf_with_its_chat_template() -> None:
+    llamacpp = _service("llamacpp")
+    assert llamacpp["image"].startswith("ghcr.io/ggml-org/llama.cpp:server")
+    command = llamacpp["command"]
+    assert "--jinja" in command
+    assert command[command.index("-hf") + 1].startswith("${LLAMACPP_MODEL:-")
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--port") + 1] == "8081"
+    assert llamacpp["volumes"], "downloaded models would be lost on every restart"
+
+
+def test_env_example_lists_exactly_the_variables_the_configs_reference() -> None:
+    referenced: set[str] = set()
+    for path in (COMPOSE_FILE, ROOT / "config" / "gateway.compose.yaml"):
+        referenced |= set(re.findall(r"\$\{(\w+)", path.read_text(encoding="utf-8")))
+    listed = {
+        line.split("=", 1)[0].strip()
+        for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    assert listed == referenced
+
+
+# --- Prometheus -----------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_gateway_metrics_endpoint() -> None:
+    jobs = _load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+    targets = {
+        (job.get("metrics_path", "/metrics"), target)
+        for job in jobs
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    assert ("/metrics", "gateway:8080") in targets
+    assert _bind_mounts(_service("prometheus"))["/etc/prometheus/prometheus.yml"] == (
+        "./config/prometheus.yml",
+        True,
+    )
+
+
+# --- Grafana --------------------------------------------------------------------------------
+
+
+def _dashboard() -> dict[str, Any]:
+    document = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def _panels() -> list[dict[str, Any]]:
+    """Every non-row panel, including those nested in collapsed rows."""
+    found: list[dict[str, Any]] = []
+    for panel in _dashboard()["panels"]:
+        if panel["type"] == "row":
+            found.extend(panel.get("panels", []))
+        else:
+            found.append(panel)
+    return found
+
+
+def _exprs(panel: dict[str, Any]) -> list[str]:
+    return [target["expr"] for target in panel.get("targets", []) if target.get("expr")]
+
+
+def _template_queries() -> list[str]:
+    queries: list[str] = []
+    for variable in _dashboard().get("templating", {}).get("list", []):
+        query = variable.get("query")
+        if variable.get("type") == "query":
+            queries.append(query["query"] if isinstance(query, dict) else str(query))
+    return queries
+
+
+_PROMQL_KEYWORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+     "offset", "inf", "nan"}
+)
+_GRAFANA_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|\w+)")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_BRACKETED = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]")
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)")
+_IDENTIFIER = re.compile(r"(?<![\w.:])([A-Za-z_:][\w:]*)(\s*\()?")
+_LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*\w+\s*\)\s*$")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+_QUANTILE = re.compile(r"histogram_quantile\(\s*([0-9.]+)")
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression (or a Grafana ``label_values`` query) reads.
+
+    What is left once strings, label matchers, ranges, grouping clauses and Grafana
+    variables are gone is functions (an identifier before ``(``), keywords and metrics.
+    """
+    label_values = _LABEL_VALUES.match(expr)
+    if label_values:
+        expr = label_values.group(1)
+    expr = _GRAFANA_VARIABLE.sub("", expr)
+    expr = _STRING.sub("", expr)
+    expr = _BRACKETED.sub(" ", expr)
+    expr = _GROUPING.sub(" ", expr)
+    return {
+        match.group(1)
+        for match in _IDENTIFIER.finditer(expr)
+        if not match.group(2) and match.group(1) not in _PROMQL_KEYWORDS
+    }
+
+
+def exported_sample_names() -> dict[str, set[str]]:
+    """Sample names in ``/metrics`` for each family defined in ``gateway.metrics``."""
+    suffixes = {
+        "counter": ("_total",),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("", "_sum", "_count"),
+    }
+    families: dict[str, set[str]] = {}
+    for value in vars(metrics).values():
+        if isinstance(value, Counter | Gauge | Histogram | Summary):
+            for family in value.collect():
+                families[family.name] = {family.name + suffix for suffix in suffixes[family.type]}
+    return families
+
+
+def test_metric_name_extraction_ignores_functions_labels_and_variables() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (le, stream) (rate(a_seconds_bucket{x="y}",z=~"$v"}'
+        "[$__rate_interval]))) / on (stream) group_left sum(b_total offset 1h) * 1e3 + c"
+    )
+    assert metric_names(expr) == {"a_seconds_bucket", "b_total", "c"}
+    assert metric_names("label_values(gateway_requests_total, gen_ai_request_model)") == {
+        "gateway_requests_total"
+    }
+
+
+def test_dashboard_reads_only_series_the_gateway_exports() -> None:
+    allowed = set().union(*exported_sample_names().values())
+    queries = [e for p in _panels() for e in _exprs(p)] + _template_queries()
+    used = set().union(*(metric_names(q) for q in queries))
+    assert used, "no metric found in the dashboard's queries"
+    assert used <= allowed, sorted(used - allowed)
+
+
+def test_dashboard_shows_every_series_the_gateway_exports() -> None:
+    used = set().union(*(metric_names(e) for p in _panels() for e in _exprs(p)))
+    unused = sorted(family for family, samples in exported_sample_names().items() if not samples & used)
+    assert not unused
+
+
+@dataclass(frozen=True)
+class Topic:
+    """What a panel must query to cover one question an operator asks of the gateway."""
+
+    metric: str
+    grouped_by: frozenset[str] = field(default_factory=frozenset)
+    quantiles: frozenset[float] = field(default_factory=frozenset)
+    matchers: frozenset[tuple[str, str, str]] = field(default_factory=frozenset)
+
+    def covered_by(self, panel: dict[str, Any]) -> bool:
+        exprs = _exprs(panel)
+        used = set().union(*(metric_names(e) for e in exprs))
+        grouped = {
+            label.strip()
+            for e in exprs
+            for keyword, labels in _GROUPING.findall(e)
+            if keyword in {"by", "without"}
+            for label in labels.split(",")
+        }
+        quantiles = {float(q) for e in exprs for q in _QUANTILE.findall(e)}
+        matchers = {m for e in exprs for m in _MATCHER.findall(e)}
+        return (
+            self.metric in used
+            and self.grouped_by <= grouped
+            and self.quantiles <= quantiles
+            and self.matchers <= matchers
+        )
+
+
+TOPICS = {
+    "request rate by model and status": Topic(
+        "gateway_requests_total", grouped_by=frozenset({"gen_ai_request_model", "status"})
+    ),
+    "request latency p50/p90/p99": Topic(
+        "gen_ai_server_request_duration_seconds_bucket", quantiles=frozenset({0.5, 0.9, 0.99})
+    ),
+    "time to first token percentiles": Topic(
+        "gen_ai_server_time_to_first_token_seconds_bucket", quantiles=frozenset({0.5, 0.9, 0.99})
+    ),
+    "gateway overhead p50/p99": Topic("gateway_overhead_seconds_bucket", quantiles=frozenset({0.5, 0.99})),
+    "requests in flight": Topic("gateway_requests_in_flight"),
+    "upstream calls by outcome": Topic("gateway_upstream_requests_total", grouped_by=frozenset({"outcome"})),
+    "tool calls by tool": Topic(
+        "gateway_tool_calls_total", grouped_by=frozenset({"gen_ai_tool_name", "outcome"})
+    ),
+    "tool errors by tool": Topic(
+        "gateway_tool_calls_total",
+        grouped_by=frozenset({"gen_ai_tool_name"}),
+        matchers=frozenset({("outcome", "!=", "ok")}),
+    ),
+    "tool duration p90 by tool": Topic(
+        "gen_ai_client_operation_duration_seconds_bucket",
+        grouped_by=frozenset({"gen_ai_tool_name"}),
+        quantiles=frozenset({0.9}),
+        matchers=frozenset({("gen_ai_operation_name", "=", "execute_tool")}),
+    ),
+    "tool rounds per request": Topic("gateway_tool_rounds_bucket"),
+    "token rate by type": Topic("gen_ai_client_token_usage_sum", grouped_by=frozenset({"gen_ai_token_type"})),
+}
+
+
+@pytest.mark.parametrize("topic", list(TOPICS))
+def test_dashboard_has_a_panel_for(topic: str) -> None:
+    assert any(TOPICS[topic].covered_by(panel) for panel in _panels())
+
+
+def test_dashboard_panels_use_the_provisioned_datasource() -> None:
+    datasources = _load_yaml(GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    assert len(datasources) == 1
+    datasource = datasources[0]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    assert 9090 in {int(p.split(":")[-1]) for p in _service("prometheus")["ports"]}
+    panels = _panels()
+    assert panels
+    for panel in panels:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
+    assert len({p["id"] for p in _dashboard()["panels"] + panels}) == len(_dashboard()["panels"]) + len(
+        [p for row in _dashboard()["panels"] if row["type"] == "row" for p in row.get("panels", [])]
+    )
+
+
+def test_grafana_loads_provisioning_and_the_dashboard_from_the_repository() -> None:
+    grafana = _service("grafana")
+    mounts = _bind_mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == ("./config/grafana/provisioning", True)
+    providers = _load_yaml(GRAFANA_DIR / "provisioning" / "dashboards" / "gateway.yml")["providers"]
+    assert [p["type"] for p in providers] == ["file"]
+    dashboards_dir = _host_path(grafana, providers[0]["options"]["path"])
+    assert dashboards_dir.resolve() == DASHBOARD.parent.resolve()
+    home = _environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert _host_path(grafana, home).resolve() == DASHBOARD.resolve()
+
+
+def test_grafana_allows_anonymous_viewers_on_3000() -> None:
+    grafana = _service("grafana")
+    environment = _environment(grafana)
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert 3000 in _container_ports(grafana)

@@ -1,0 +1,305 @@
+"""The gateway as a plain OpenAI-compatible proxy: passthrough, routing, auth, errors, retries."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Gateway, GatewayFactory
+from tests.fake_upstream import MODEL, FakeUpstream, Hang, Json, Sse, chunk, completion
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_non_streaming_answer_passes_through(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion("Hello there"))
+    answer = gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "Hello there"
+    assert answer.model == MODEL
+    assert answer.usage is not None and answer.usage.total_tokens == 15
+
+
+def test_unknown_fields_are_forwarded_untouched(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion("ok"))
+    gateway.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi", "name": "alice"}],
+        temperature=0.3,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "guided_json": {"type": "object"}},
+    )
+    sent = upstream.bodies[0]
+    assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+    assert sent["guided_json"] == {"type": "object"}
+    assert sent["temperature"] == 0.3
+    assert sent["messages"] == [{"role": "user", "content": "hi", "name": "alice"}]
+
+
+def test_model_map_rewrites_both_ways(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream_overrides={"models": ["friendly"], "model_map": {"friendly": "org/real-7b"}})
+    upstream.enqueue(completion("ok", model="org/real-7b"))
+    answer = gateway.client().chat.completions.create(model="friendly", messages=[{"role": "user", "content": "hi"}])
+    assert upstream.bodies[0]["model"] == "org/real-7b"
+    assert answer.model == "friendly"
+
+
+def test_streamed_model_map_rewrites_every_chunk(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream_overrides={"models": ["friendly"], "model_map": {"friendly": "org/real-7b"}})
+    upstream.enqueue(
+        Sse(
+            [
+                chunk({"role": "assistant", "content": ""}, model="org/real-7b"),
+                chunk({"content": "Hi"}, model="org/real-7b"),
+                chunk({}, "stop", model="org/real-7b"),
+            ]
+        )
+    )
+    stream = gateway.client().chat.completions.create(
+        model="friendly", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = list(stream)
+    assert chunks and {c.model for c in chunks} == {"friendly"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hi"
+
+
+def test_client_authorization_is_replaced_by_upstream_key(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion("ok"))
+    gateway.client(api_key="client-key").chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_headers={"x-custom": "kept"}
+    )
+    headers = upstream.requests[0].headers
+    assert headers["authorization"] == "Bearer upstream-secret"
+    assert headers["x-custom"] == "kept"
+    assert "client-key" not in str(headers)
+
+
+def test_api_key_auth_scheme(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream_overrides={"auth_scheme": "api-key", "headers": {"x-team": "ml"}})
+    upstream.enqueue(completion("ok"))
+    gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert upstream.requests[0].headers["authorization"] == "Api-Key upstream-secret"
+    assert upstream.requests[0].headers["x-team"] == "ml"
+
+
+def test_request_id_is_accepted_forwarded_and_echoed(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion("ok"), completion("ok"))
+    with gateway.http() as http:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        given = http.post("/v1/chat/completions", json=body, headers={"x-request-id": "req-123"})
+        generated = http.post("/v1/chat/completions", json=body)
+    assert given.headers["x-request-id"] == "req-123"
+    assert upstream.requests[0].headers["x-request-id"] == "req-123"
+    assert len(generated.headers["x-request-id"]) >= 16
+
+
+def test_auth_required_when_keys_configured(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway({"auth": {"api_keys": ["sk-good", {"name": "team-b", "key": "sk-b"}]}})
+    upstream.enqueue(completion("ok"), completion("ok"))
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        gateway.client(api_key="sk-bad").chat.completions.create(model=MODEL, messages=messages)
+    assert wrong.value.status_code == 401
+    with gateway.http() as http:
+        missing = http.post("/v1/chat/completions", json={"model": MODEL, "messages": messages})
+    assert missing.status_code == 401
+    assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
+    assert gateway.client(api_key="sk-good").chat.completions.create(model=MODEL, messages=messages)
+    assert gateway.client(api_key="sk-b").chat.completions.create(model=MODEL, messages=messages)
+    assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'{"model": "m"}', 400, "messages"),
+        (b'{"model": "m", "messages": "hi"}', 400, "messages"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+        (b'{"model": "m", "messages": [{"content": "x"}]}', 400, "messages"),
+    ],
+)
+def test_malformed_requests_get_openai_shaped_400(
+    upstream: FakeUpstream, gateway: Gateway, content: bytes, status: int, param: str | None
+) -> None:
+    with gateway.http() as http:
+        response = http.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"]
+    assert upstream.requests == []
+
+
+def test_unknown_model_is_404(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream_overrides={"models": ["only-this"]})
+    with pytest.raises(openai.NotFoundError) as raised:
+        gateway.client().chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.code == "model_not_found"
+    assert upstream.requests == []
+
+
+def test_body_over_limit_is_413(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway({"server": {"max_body_bytes": 1000}})
+    with gateway.http() as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 2000}]}
+        )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_unreachable_upstream_is_502(make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream_overrides={"base_url": f"http://127.0.0.1:{_free_port()}/v1"})
+    with pytest.raises(openai.APIStatusError) as raised:
+        gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 502
+    assert "upstream-secret" not in raised.value.response.text
+
+
+def test_upstream_garbage_is_502(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(Json(None, raw=b"<html>oops</html>"))
+    with pytest.raises(openai.APIStatusError) as raised:
+        gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 502
+
+
+def test_slow_upstream_is_504(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream_overrides={"timeout_s": {"connect": 1, "read": 0.3}})
+    upstream.enqueue(Hang())
+    with pytest.raises(openai.APIStatusError) as raised:
+        gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 504
+    assert len(upstream.requests) == 1
+
+
+def test_retries_on_503_then_succeeds(upstream: FakeUpstream, gateway: Gateway) -> None:
+    busy = Json({"error": {"message": "overloaded"}}, status=503)
+    upstream.enqueue(busy, Json({"error": {"message": "slow down"}}, status=429, headers={"retry-after": "0"}))
+    upstream.enqueue(completion("finally"))
+    answer = gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "finally"
+    assert len(upstream.requests) == 3
+
+
+def test_retries_exhausted_then_fallback(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    backup = FakeUpstream().start()
+    try:
+        gateway = make_gateway(
+            {
+                "upstreams": [
+                    {
+                        "name": "primary",
+                        "base_url": upstream.base_url,
+                        "retries": {"attempts": 2, "initial_wait_s": 0.01, "max_wait_s": 0.02},
+                        "fallbacks": [{"upstream": "backup", "model": "backup-model"}],
+                    },
+                    {"name": "backup", "base_url": backup.base_url, "models": ["backup-model"]},
+                ]
+            }
+        )
+        upstream.enqueue(*(Json({"error": {"message": "down"}}, status=502) for _ in range(2)))
+        backup.enqueue(completion("from backup", model="backup-model"))
+        answer = gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "from backup"
+        assert answer.model == MODEL
+        assert len(upstream.requests) == 2
+        assert backup.bodies[0]["model"] == "backup-model"
+    finally:
+        backup.stop()
+
+
+def test_upstream_4xx_passes_through_without_retry(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(
+        Json({"error": {"message": "bad temperature", "type": "BadRequestError", "param": None, "code": 400}}, 400)
+    )
+    with pytest.raises(openai.BadRequestError) as raised:
+        gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert "bad temperature" in raised.value.message
+    assert len(upstream.requests) == 1
+
+
+def test_upstream_error_not_in_openai_shape_is_wrapped(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(Json({"detail": [{"msg": "extra fields not permitted"}], "object": "error"}, 422))
+    with gateway.http() as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "extra fields not permitted" in error["message"]
+
+
+def test_stream_is_relayed_before_upstream_finishes(upstream: FakeUpstream, gateway: Gateway) -> None:
+    script = Sse(
+        [chunk({"role": "assistant", "content": "First"}), chunk({"content": " second"}), chunk({}, "stop")],
+        gate_after=1,
+    )
+    upstream.enqueue(script)
+    stream = gateway.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    iterator = iter(stream)
+    first = next(iterator)
+    assert first.choices[0].delta.content == "First"
+    assert not script.gate_timed_out, "the first chunk only arrived after the upstream finished"
+    script.gate.set()
+    rest = list(iterator)
+    assert "".join(c.choices[0].delta.content or "" for c in rest) == " second"
+    assert rest[-1].choices[0].finish_reason == "stop"
+    assert not script.gate_timed_out
+
+
+def test_stream_upstream_error_before_first_byte_is_http_error(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(Json({"error": {"message": "no such lora"}}, 404))
+    with pytest.raises(openai.NotFoundError):
+        gateway.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    assert len(upstream.requests) == 1
+
+
+def test_models_lists_configured_and_upstream_models(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    backup = FakeUpstream().start()
+    try:
+        gateway = make_gateway(
+            {
+                "upstreams": [
+                    {"name": "named", "base_url": backup.base_url, "models": ["alias-a"]},
+                    {"name": "any", "base_url": upstream.base_url, "models": ["*"]},
+                ]
+            }
+        )
+        upstream.models = ["served-1", "served-2"]
+        ids = [m.id for m in gateway.client().models.list()]
+        assert ids == ["alias-a", "served-1", "served-2"]
+    finally:
+        backup.stop()
+
+
+def test_health_and_readiness(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    with gateway.http() as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["upstreams"] == {"fake": "ok"}
+    down = make_gateway(upstream_overrides={"base_url": f"http://127.0.0.1:{_free_port()}/v1"})
+    with down.http() as http:
+        not_ready = http.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["upstreams"] == {"fake": "unreachable"}
+
+
+def test_metrics_endpoint_exposes_request_counter(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion("ok"))
+    gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert "gateway_requests_total" in text
