@@ -12,6 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.tools import FunctionTool
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread
 
@@ -23,16 +24,30 @@ class Gateway:
         self.config = config
         self.app = create_app(config)
         self.server = ServerThread(self.app)
+        self._clients: list[openai.OpenAI] = []
 
     @property
     def url(self) -> str:
         return self.server.url
 
     def client(self, api_key: str = "sk-test", **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+        self._clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.server.stop()
 
     def async_client(self, api_key: str = "sk-test", **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
+
+    def tool_state(self, name: str = "add") -> dict[str, Any]:
+        """Module globals of the loaded test tools (the registry imports its own copy of the file)."""
+        tool = self.app.state.gateway.registry.get(name)
+        assert isinstance(tool, FunctionTool)
+        return tool.fn.__globals__
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
@@ -96,7 +111,7 @@ def make_gateway(upstream: FakeUpstream) -> Iterator[GatewayFactory]:
 
     yield factory
     for gateway in started:
-        gateway.server.stop()
+        gateway.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
 from gateway import metrics
-from gateway.config import DEFAULT_CONFIG_PATH, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, GatewayConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -50,6 +50,16 @@ def _load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
+def _load_without_environment(monkeypatch: pytest.MonkeyPatch, path: Path) -> GatewayConfig:
+    """Load a config with every variable it references unset.
+
+    Each reference needs a default: a container starts before anyone writes a .env.
+    """
+    for name in re.findall(r"\$\{(\w+)", path.read_text(encoding="utf-8")):
+        monkeypatch.delenv(name, raising=False)
+    return load_config(path)
+
+
 # --- Dockerfile -----------------------------------------------------------------------------
 
 
@@ -62,8 +72,8 @@ class Instruction:
         """The JSON-array form's items; shell form is split like a shell would."""
         text = self.arguments
         if self.keyword == "HEALTHCHECK":
-            text = text.split(" CMD ", 1)[1] if " CMD " in f" {text}" else ""
-            text = text.strip()
+            # Options such as --interval come before the command.
+            text = re.split(r"(?:^|\s)CMD\s+", text, maxsplit=1)[-1]
         if text.startswith("["):
             items = json.loads(text)
             assert isinstance(items, list)
@@ -114,12 +124,15 @@ def _env(stage: list[Instruction]) -> dict[str, str]:
 def test_dockerfile_passes_hadolint() -> None:
     result = subprocess.run(
         [_executable("hadolint"), "--no-color", str(DOCKERFILE)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
-def test_dockerfile_builds_in_one_stage_and_runs_from_a_slim_python_image() -> None:
+def test_dockerfile_builds_in_a_separate_stage_from_the_slim_runtime() -> None:
     stages = _dockerfile_stages()
     assert len(stages) >= 2
     base = stages[-1][0].arguments.split()[0]
@@ -168,7 +181,7 @@ def test_dockerfile_copies_config_and_tools_into_app() -> None:
     assert copied.get("tools") == PurePosixPath("/app/tools")
 
 
-def test_dockerfile_serves_the_default_config_from_app() -> None:
+def test_dockerfile_serves_the_default_config_from_app(monkeypatch: pytest.MonkeyPatch) -> None:
     stage = _final_stage()
     entrypoint = next((i.exec_form() for i in reversed(stage) if i.keyword == "ENTRYPOINT"), [])
     command = next((i.exec_form() for i in reversed(stage) if i.keyword == "CMD"), [])
@@ -177,6 +190,8 @@ def test_dockerfile_serves_the_default_config_from_app() -> None:
     # The path comes from GATEWAY_CONFIG, so compose and `docker run -e` can replace it.
     assert "--config" not in argv
     assert _env(stage)["GATEWAY_CONFIG"] == f"/app/{DEFAULT_CONFIG_PATH}"
+    # The final stage copies config/ to /app/config, so the image runs this file.
+    _load_without_environment(monkeypatch, ROOT / DEFAULT_CONFIG_PATH)
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------
@@ -225,13 +240,15 @@ def _host_path(service: dict[str, Any], container_path: str) -> Path:
     raise AssertionError(f"nothing in the repository is mounted at {container_path}")
 
 
-def _container_ports(service: dict[str, Any]) -> set[int]:
-    ports: set[int] = set()
+def _published_ports(service: dict[str, Any]) -> dict[int, int]:
+    """Container port to host port, for ports published as ``HOST:CONTAINER`` or long syntax."""
+    ports: dict[int, int] = {}
     for port in service.get("ports", []):
         if isinstance(port, dict):
-            ports.add(int(port["target"]))
+            ports[int(port["target"])] = int(port["published"])
         else:
-            ports.add(int(str(port).split(":")[-1].split("/")[0]))
+            host, _, container = str(port).split("/")[0].rpartition(":")
+            ports[int(container)] = int(host.rpartition(":")[-1])
     return ports
 
 
@@ -243,7 +260,10 @@ def _healthcheck_command(service: dict[str, Any]) -> str:
 def test_compose_file_matches_the_compose_specification() -> None:
     result = subprocess.run(
         [_executable("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -281,7 +301,7 @@ def test_compose_service_has_a_healthcheck(name: str, endpoint: str) -> None:
 
 
 def test_compose_images_are_pinned() -> None:
-    # llama.cpp publishes its server image under a rolling tag alongside per-build ones.
+    # llama.cpp's `server` tag rolls; a `server-bNNNN` build tag pins it where that matters.
     for name in SERVICES - {"gateway", "llamacpp"}:
         image = _service(name)["image"]
         assert re.search(r":v?\d+(\.\d+)+$", image), image
@@ -290,8 +310,7 @@ def test_compose_images_are_pinned() -> None:
 
 def test_compose_gateway_publishes_8080_and_mounts_config_and_tools_read_only() -> None:
     gateway = _service("gateway")
-    assert _container_ports(gateway) == {8080}
-    assert any(str(p).startswith("8080:") or isinstance(p, dict) for p in gateway["ports"])
+    assert _published_ports(gateway) == {8080: 8080}
     mounts = _bind_mounts(gateway)
     assert mounts["/app/config"] == ("./config", True)
     assert mounts["/app/tools"] == ("./tools", True)
@@ -307,13 +326,10 @@ def test_compose_gateway_config_exists_and_loads(monkeypatch: pytest.MonkeyPatch
     gateway = _service("gateway")
     path = _host_path(gateway, _environment(gateway)["GATEWAY_CONFIG"])
     assert path.is_file(), path
-    # Every reference needs a default: compose must work before anyone writes a .env.
-    for name in re.findall(r"\$\{(\w+)", path.read_text(encoding="utf-8")):
-        monkeypatch.delenv(name, raising=False)
-    config = load_config(path)
+    config = _load_without_environment(monkeypatch, path)
     assert [u.name for u in config.upstreams] == ["vllm"]
     assert config.upstreams[0].base_url == "http://vllm:8000/v1"
-    assert config.server.port in _container_ports(gateway)
+    assert config.server.port in _published_ports(gateway)
     assert "http://llamacpp:8081/v1" in path.read_text(encoding="utf-8")
 
 
@@ -406,8 +422,21 @@ def _template_queries() -> list[str]:
 
 
 _PROMQL_KEYWORDS = frozenset(
-    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-     "offset", "inf", "nan"}
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+    }
 )
 _GRAFANA_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|\w+)")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
@@ -461,9 +490,7 @@ def test_metric_name_extraction_ignores_functions_labels_and_variables() -> None
         "[$__rate_interval]))) / on (stream) group_left sum(b_total offset 1h) * 1e3 + c"
     )
     assert metric_names(expr) == {"a_seconds_bucket", "b_total", "c"}
-    assert metric_names("label_values(gateway_requests_total, gen_ai_request_model)") == {
-        "gateway_requests_total"
-    }
+    assert metric_names("label_values(gateway_requests_total, gen_ai_request_model)") == {"gateway_requests_total"}
 
 
 def test_dashboard_reads_only_series_the_gateway_exports() -> None:
@@ -522,9 +549,7 @@ TOPICS = {
     "gateway overhead p50/p99": Topic("gateway_overhead_seconds_bucket", quantiles=frozenset({0.5, 0.99})),
     "requests in flight": Topic("gateway_requests_in_flight"),
     "upstream calls by outcome": Topic("gateway_upstream_requests_total", grouped_by=frozenset({"outcome"})),
-    "tool calls by tool": Topic(
-        "gateway_tool_calls_total", grouped_by=frozenset({"gen_ai_tool_name", "outcome"})
-    ),
+    "tool calls by tool": Topic("gateway_tool_calls_total", grouped_by=frozenset({"gen_ai_tool_name", "outcome"})),
     "tool errors by tool": Topic(
         "gateway_tool_calls_total",
         grouped_by=frozenset({"gen_ai_tool_name"}),
@@ -552,16 +577,20 @@ def test_dashboard_panels_use_the_provisioned_datasource() -> None:
     datasource = datasources[0]
     assert datasource["type"] == "prometheus"
     assert datasource["url"] == "http://prometheus:9090"
-    assert 9090 in {int(p.split(":")[-1]) for p in _service("prometheus")["ports"]}
+    assert 9090 in _published_ports(_service("prometheus"))
     panels = _panels()
     assert panels
     for panel in panels:
         assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
-    assert len({p["id"] for p in _dashboard()["panels"] + panels}) == len(_dashboard()["panels"]) + len(
-        [p for row in _dashboard()["panels"] if row["type"] == "row" for p in row.get("panels", [])]
-    )
+
+
+def test_dashboard_panel_ids_are_unique() -> None:
+    rows = [p for p in _dashboard()["panels"] if p["type"] == "row"]
+    ids = [p["id"] for p in rows + _panels()]
+    # Grafana keys panel state (links, view mode) by id.
+    assert len(ids) == len(set(ids))
 
 
 def test_grafana_loads_provisioning_and_the_dashboard_from_the_repository() -> None:
@@ -581,4 +610,4 @@ def test_grafana_allows_anonymous_viewers_on_3000() -> None:
     environment = _environment(grafana)
     assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
-    assert 3000 in _container_ports(grafana)
+    assert _published_ports(grafana) == {3000: 3000}

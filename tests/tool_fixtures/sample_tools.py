@@ -16,6 +16,8 @@ CANCELLED = threading.Event()
 STARTED = threading.Event()
 RELEASE = threading.Event()
 RUNS: list[str] = []
+SYNC_STARTED = threading.Event()
+SYNC_RELEASE = threading.Event()
 
 
 @tool
@@ -85,6 +87,14 @@ def blocking_sleep(seconds: float) -> str:
     """
     time.sleep(seconds)
     return f"slept {seconds}"
+
+
+@tool(timeout_s=30)
+def blocking_wait() -> str:
+    """A sync tool that blocks its thread until the test releases it."""
+    SYNC_STARTED.set()
+    SYNC_RELEASE.wait(20)
+    return "released"
 
 
 @tool
