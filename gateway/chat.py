@@ -144,6 +144,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response:
         raise
     except StopAsyncIteration:
         first = None
+    assert stats is not None
     return EventSourceResponse(
         _sse(events, first, trace, record, stats, labels),
         headers=_response_headers(request_id, stats),

@@ -119,6 +119,7 @@ class ToolLoop:
         self._slots = services.executor.request_slots()
         self._stream_id = ""
         self._created = 0
+        self._role_sent = False
 
     def _offered_tools(self) -> dict[str, dict[str, Any]]:
         if not self.route.primary.config.server_tools or self.request.tool_choice == "none":
@@ -155,26 +156,26 @@ class ToolLoop:
                 self.stats.max_rounds_reached = True
             rounds = self._stream_round(body, intercept) if self.stream else self._complete_round(body, intercept)
             result: _Round | None = None
-            async for event in rounds:
-                if isinstance(event, _Round):
-                    result = event
+            async for item in rounds:
+                if isinstance(item, _Round):
+                    result = item
                 else:
-                    yield event
+                    yield item
             assert result is not None
             client_calls = [c for c in result.calls if c.name in self.client_tools]
             server_calls = [c for c in result.calls if c.name not in self.client_tools]
             if not intercept or not server_calls or final:
-                async for event in self._finish(result, client_calls if intercept else None):
-                    yield event
+                async for final_event in self._finish(result, client_calls if intercept else None):
+                    yield final_event
                 return
 
             runnable, refused = server_calls[:calls_left], server_calls[calls_left:]
             calls_left -= len(runnable)
             outcomes: dict[int, ToolOutcome] = {}
-            async for event in self._run_tools(runnable):
-                yield event
-                if isinstance(event, ToolFinished):
-                    outcomes[id(event.outcome.call)] = event.outcome
+            async for progress in self._run_tools(runnable):
+                yield progress
+                if isinstance(progress, ToolFinished):
+                    outcomes[id(progress.outcome.call)] = progress.outcome
             results = [outcomes[id(c)].message() for c in runnable] + [
                 {
                     "role": "tool",
@@ -187,8 +188,8 @@ class ToolLoop:
             assistant = {**result.message, "tool_calls": [c.as_message_part() for c in result.calls]}
             if client_calls:
                 await self.services.continuations.put([c.id for c in client_calls], Continuation(assistant, results))
-                async for event in self._finish(result, client_calls):
-                    yield event
+                async for final_event in self._finish(result, client_calls):
+                    yield final_event
                 return
             body["messages"] = [*body["messages"], assistant, *results]
             if relax_after_first:
@@ -233,7 +234,8 @@ class ToolLoop:
             if "error" in answer:
                 raise UpstreamStreamError("upstream answered with an error", as_openai_error(answer, 502))
             raise UpstreamUnavailable("upstream answered without choices", retryable=False)
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        received = choice.get("message")
+        message: dict[str, Any] = received if isinstance(received, dict) else {}
         calls = calls_from_message(message) if intercept else []
         history = {k: v for k, v in message.items() if k in ("role", "content")}
         history.setdefault("role", "assistant")
@@ -241,7 +243,6 @@ class ToolLoop:
 
     async def _stream_round(self, body: dict[str, Any], intercept: bool) -> AsyncIterator[Chunk | _Round]:
         body["stream"] = True
-        first_round = not self._stream_id
         assembler = ToolCallAssembler()
         content: list[str] = []
         finish_reason: str | None = None
@@ -282,7 +283,7 @@ class ToolLoop:
                 reason = choice.get("finish_reason")
                 if reason is not None:
                     finish_reason = reason
-                out = self._client_chunk(data, item.raw, choice, delta, intercept, first_round, bool(assembler))
+                out = self._client_chunk(data, item.raw, choice, delta, intercept, bool(assembler))
                 if out is not None:
                     yield out
                 if self.context.remaining_s() <= 0:
@@ -304,13 +305,13 @@ class ToolLoop:
         choice: dict[str, Any],
         delta: dict[str, Any],
         intercept: bool,
-        first_round: bool,
         calls_started: bool,
     ) -> Chunk | None:
         """The chunk to forward for an upstream chunk: as received when nothing must change."""
-        holds_back = intercept and (
-            "tool_calls" in delta or choice.get("finish_reason") is not None or (not first_round and "role" in delta)
-        )
+        repeats_role = "role" in delta and self._role_sent
+        if "role" in delta:
+            self._role_sent = True
+        holds_back = intercept and ("tool_calls" in delta or choice.get("finish_reason") is not None or repeats_role)
         if (
             not holds_back
             and data.get("id") == self._stream_id
@@ -322,7 +323,7 @@ class ToolLoop:
             return Chunk(data, raw)
         out_delta = delta
         if intercept:
-            out_delta = {k: v for k, v in delta.items() if k != "tool_calls" and not (k == "role" and not first_round)}
+            out_delta = {k: v for k, v in delta.items() if k != "tool_calls" and not (k == "role" and repeats_role)}
             text = out_delta.get("content")
             if calls_started and isinstance(text, str) and not text.strip():
                 # Whitespace between parallel calls (vLLM hermes) is not an answer.

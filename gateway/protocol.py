@@ -72,8 +72,9 @@ def forced_function(tool_choice: Any) -> str | None:
     """The function name a ``tool_choice`` forces, if it forces one."""
     if isinstance(tool_choice, dict):
         function = tool_choice.get("function")
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
-            return function["name"]
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str):
+            return name
     return None
 
 

@@ -118,9 +118,7 @@ class Upstream:
             ),
             transport=transport,
         )
-        self._backoff = wait_exponential_jitter(
-            multiplier=config.retries.initial_wait_s, max=config.retries.max_wait_s
-        )
+        self._backoff = wait_exponential_jitter(multiplier=config.retries.initial_wait_s, max=config.retries.max_wait_s)
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
     async def aclose(self) -> None:

@@ -81,9 +81,7 @@ def make_gateway(upstream: FakeUpstream) -> Iterator[GatewayFactory]:
     """
     started: list[Gateway] = []
 
-    def factory(
-        overrides: dict[str, Any] | None = None, upstream_overrides: dict[str, Any] | None = None
-    ) -> Gateway:
+    def factory(overrides: dict[str, Any] | None = None, upstream_overrides: dict[str, Any] | None = None) -> Gateway:
         first = deep_merge(
             {
                 "name": "fake",

@@ -194,7 +194,8 @@ class FakeUpstream:
 
     async def _hang(self, reply: Hang) -> AsyncIterator[bytes]:
         try:
-            while not reply.release.is_set():
+            # Set from the test thread, so a threading.Event polled here, not an asyncio.Event.
+            while not reply.release.is_set():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         except asyncio.CancelledError:
             self.disconnected.set()
@@ -213,7 +214,7 @@ class FakeUpstream:
                     reply.gate_timed_out = not opened
             if reply.done:
                 yield b"data: [DONE]\n\n"
-            while reply.hang_at_end:
+            while reply.hang_at_end:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         except asyncio.CancelledError:
             self.disconnected.set()

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import Gateway, GatewayFactory
-from tests.fake_upstream import MODEL, FakeUpstream, Hang, Json, call, completion
+from tests.fake_upstream import MODEL, FakeUpstream, Json, call, completion
 
 USER = [{"role": "user", "content": "What's the weather in Paris?"}]
 CLIENT_TOOL = {
@@ -174,7 +174,10 @@ def test_tool_call_cap_per_request(upstream: FakeUpstream, make_gateway: Gateway
 def test_tool_choice_none_runs_no_server_tools(upstream: FakeUpstream, gateway: Gateway) -> None:
     upstream.enqueue(completion("plain"))
     gateway.client().chat.completions.create(
-        model=MODEL, messages=USER, tools=[CLIENT_TOOL], tool_choice="none"  # type: ignore[list-item]
+        model=MODEL,
+        messages=USER,
+        tools=[CLIENT_TOOL],
+        tool_choice="none",  # type: ignore[list-item]
     )
     assert [t["function"]["name"] for t in upstream.bodies[0]["tools"]] == ["open_door"]
     assert upstream.bodies[0]["tool_choice"] == "none"
@@ -201,7 +204,10 @@ def test_forced_client_function_passes_through(upstream: FakeUpstream, gateway: 
     forced = {"type": "function", "function": {"name": "open_door"}}
     upstream.enqueue(completion(None, [call("open_door", {"door": "front"}, "d1")], "stop"))
     answer = gateway.client().chat.completions.create(
-        model=MODEL, messages=USER, tools=[CLIENT_TOOL], tool_choice=forced  # type: ignore[list-item, arg-type]
+        model=MODEL,
+        messages=USER,
+        tools=[CLIENT_TOOL],
+        tool_choice=forced,  # type: ignore[list-item, arg-type]
     )
     assert upstream.bodies[0]["tool_choice"] == forced
     calls = answer.choices[0].message.tool_calls
@@ -297,9 +303,7 @@ def test_sync_tool_does_not_block_other_requests(upstream: FakeUpstream, gateway
     )
     client = gateway.client(timeout=5)
     blocked: list[Any] = []
-    worker = threading.Thread(
-        target=lambda: blocked.append(client.chat.completions.create(model=MODEL, messages=USER))
-    )
+    worker = threading.Thread(target=lambda: blocked.append(client.chat.completions.create(model=MODEL, messages=USER)))
     worker.start()
     try:
         assert state["SYNC_STARTED"].wait(5)

@@ -261,9 +261,7 @@ def test_stream_is_relayed_before_upstream_finishes(upstream: FakeUpstream, gate
 def test_stream_upstream_error_before_first_byte_is_http_error(upstream: FakeUpstream, gateway: Gateway) -> None:
     upstream.enqueue(Json({"error": {"message": "no such lora"}}, 404))
     with pytest.raises(openai.NotFoundError):
-        gateway.client().chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
-        )
+        gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True)
     assert len(upstream.requests) == 1
 
 

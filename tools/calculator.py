@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
-from simpleeval import (
+from simpleeval import (  # type: ignore[import-untyped]
     DEFAULT_OPERATORS,
     FeatureNotAvailable,
     FunctionNotDefined,
@@ -54,7 +54,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "floor": math.floor,
     "ceil": math.ceil,
 }
-_NAMES: dict[str, Any] = {"pi": math.pi, "e": math.e, "True": True, "False": False}
+_NAMES: dict[str, Any] = {"pi": math.pi, "e": math.e}
 
 
 def _bits(value: Any) -> int:
@@ -64,7 +64,7 @@ def _bits(value: Any) -> int:
 def _power(base: Any, exponent: Any) -> Any:
     # safe_power bounds the operands (4e6 each), not the result: 4000000 ** 4000000 passes it.
     if isinstance(exponent, int) and exponent > 0 and _bits(base) > 1 and exponent * _bits(base) > MAX_INT_BITS:
-        raise NumberTooHigh(f"{base} ** {exponent} would have more than {MAX_INT_BITS} bits")
+        raise NumberTooHigh(f"the power would have more than {MAX_INT_BITS} bits")
     return safe_power(base, exponent)
 
 

@@ -90,8 +90,8 @@ def blocked_reason(address: IPAddress) -> str | None:
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
         # Catches the rest of the special-purpose registry, e.g. 100.64.0.0/10 (carrier-grade NAT).
         ("non-public", not address.is_global),
     )
@@ -153,7 +153,8 @@ async def _open(client: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAdd
 
 
 def _media_type(response: httpx.Response) -> str:
-    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";")[0].strip().lower()
 
 
 def _is_text(media: str) -> bool:
@@ -194,6 +195,7 @@ async def _fetch(url: httpx.URL, allow: AllowList, settings: FetchSettings) -> s
     for _ in range(MAX_REDIRECTS + 1):
         addresses = await _checked_addresses(url, allow)
         # A client per hop: a pooled connection is keyed by IP, and must not carry another host's TLS identity.
+        # No environment proxies: a proxy would resolve the name again, behind the check.
         async with httpx.AsyncClient(timeout=settings.timeout_s, trust_env=False) as client:
             response = await _open(client, url, addresses)
             try:

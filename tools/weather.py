@@ -115,7 +115,8 @@ async def get_weather(
     """Get the current weather (temperature, humidity, wind, conditions) for a place.
 
     Args:
-        location: Place name, e.g. "Berlin"; add the country or region after a comma to disambiguate, e.g. "Paris, France".
+        location: Place name, e.g. "Berlin"; to disambiguate, add the country or region after a comma,
+            e.g. "Paris, France".
         unit: Temperature unit; wind speed is in km/h for celsius and mph for fahrenheit.
     """
     settings = WeatherSettings.model_validate(context.settings)

@@ -143,7 +143,7 @@ class FunctionTool(Tool):
                 annotation,
                 Field(default, description=param_docs[param.name]) if described else Field(default),
             )
-        self.arguments_model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self.arguments_model: type[BaseModel] = create_model(
             f"{self.name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
         schema = _inline_refs(_strip_titles(self.arguments_model.model_json_schema()))

@@ -70,7 +70,8 @@ async def wait_for_release() -> str:
     """Block until the test releases it; records cancellation."""
     STARTED.set()
     try:
-        while not RELEASE.is_set():
+        # Released from the test thread: a threading.Event, polled.
+        while not RELEASE.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     except asyncio.CancelledError:
         CANCELLED.set()
