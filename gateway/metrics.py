@@ -86,6 +86,10 @@ CONTINUATIONS = Counter(
     "gateway_continuations", "Mixed-turn continuations by event (stored, resumed, expired).", ["event"]
 )
 
+# Series with a fixed label set exist from the start, so rate() and dashboards see zeros, not gaps.
+for _event in ("stored", "resumed", "expired"):
+    CONTINUATIONS.labels(_event)
+
 
 class Labels:
     """Folds label values outside the known set into ``other``."""

@@ -8,6 +8,7 @@ the model can act on; stack traces go to the log only.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ def render_result(result: Any, max_chars: int) -> str:
         try:
             text = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
         except TypeError:
-            text = str(result)
+            # orjson refuses integers past 64 bits; the stdlib encoder does not.
+            text = json.dumps(result, default=str, ensure_ascii=False)
     if len(text) > max_chars:
         dropped = len(text) - max_chars
         text = f"{text[:max_chars]}\n[output truncated: {dropped} more characters not shown]"
@@ -135,17 +137,23 @@ class ToolExecutor:
             return failed("invalid_arguments", f"Invalid arguments for {call.name}: {exc}")
         timeout = min(tool.timeout_s or self.default_timeout_s, context.remaining_s())
         tool_context = ToolContext(
-            context.request_id, context.key_name, context.deadline, self.registry.settings_for(call.name)
+            context.request_id,
+            context.key_name,
+            context.deadline,
+            dict(self.registry.settings_for(call.name)),
         )
         try:
             async with slots, self._global:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as limit:
                     result = await tool.invoke(validated, tool_context)
-        except TimeoutError:
-            return failed("timeout", f"Tool {call.name} did not finish within {timeout:.3g} s.")
+            content = render_result(result, self.max_result_chars)
+        except TimeoutError as exc:
+            if limit.expired():
+                return failed("timeout", f"Tool {call.name} did not finish within {timeout:.3g} s.")
+            return failed("error", f"{type(exc).__name__}: {exc}")
         except ToolFailed as exc:
             return failed("error", str(exc))
         except Exception as exc:
             log.exception("tool %s failed", call.name, extra={"request_id": context.request_id})
             return failed("error", f"{type(exc).__name__}: {exc}")
-        return ToolOutcome(call, render_result(result, self.max_result_chars), "ok", time.perf_counter() - started)
+        return ToolOutcome(call, content, "ok", time.perf_counter() - started)

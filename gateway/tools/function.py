@@ -134,7 +134,7 @@ class FunctionTool(Tool):
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise TypeError(f"tool {self.name!r}: *args and **kwargs cannot be described to a model")
             annotation = hints.get(param.name, Any)
-            if annotation is ToolContext:
+            if annotation is ToolContext or ToolContext in typing.get_args(annotation):
                 self.context_param = param.name
                 continue
             default = ... if param.default is inspect.Parameter.empty else param.default
