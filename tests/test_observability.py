@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TOOL_FIXTURES, Gateway, GatewayFactory
@@ -116,10 +117,8 @@ def test_unknown_models_and_tools_fold_into_other(upstream: FakeUpstream, make_g
 def test_errors_are_counted_by_status(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
     gateway = make_gateway({"auth": {"api_keys": ["sk-right"]}})
     before = scrape(gateway.url)
-    try:
+    with pytest.raises(openai.AuthenticationError):
         gateway.client(api_key="sk-wrong").chat.completions.create(model=MODEL, messages=USER)
-    except openai.AuthenticationError:
-        pass
     after = scrape(gateway.url)
     assert (
         total(after, "gateway_requests_total", status="401") - total(before, "gateway_requests_total", status="401")
