@@ -89,7 +89,9 @@ def test_broken_tool_module_is_a_start_up_error_naming_the_file(tmp_path: Path) 
     tools = tmp_path / "tools"
     tools.mkdir()
     (tools / "broken.py").write_text(
-        "from gateway.tools import tool\n\n@tool\ndef oops(x: int) -> int:\n    return 1 / 0\n\nraise ImportError('missing dependency')\n"
+        "from gateway.tools import tool\n\n"
+        "@tool\ndef oops(x: int) -> int:\n    return x\n\n"
+        "raise ImportError('missing dependency')\n"
     )
     config = tmp_path / "g.yaml"
     config.write_text(f"upstreams: [{{name: a, base_url: 'http://127.0.0.1:9/v1'}}]\ntools: {{paths: ['{tools}']}}\n")
