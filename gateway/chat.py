@@ -147,7 +147,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response:
     assert stats is not None
     return EventSourceResponse(
         _sse(events, first, trace, record, stats, labels),
-        headers=_response_headers(request_id, stats),
+        headers={"x-request-id": request_id},
         ping=service.keepalive_interval_s,
     )
 

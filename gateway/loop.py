@@ -113,7 +113,7 @@ class ToolLoop:
         self.stream = bool(request.stream)
         self.client_model = request.model
         self.stats = LoopStats(upstream=route.primary.name)
-        self.client_tools = {t.function.name for t in request.tools or []}
+        self.client_tools = {t.function.name for t in request.tools or [] if t.function is not None}
         self.server_tools = self._offered_tools()
         self.wants_usage = bool((request.stream_options or {}).get("include_usage"))
         self._slots = services.executor.request_slots()
@@ -224,7 +224,8 @@ class ToolLoop:
     async def _complete_round(self, body: dict[str, Any], intercept: bool) -> AsyncIterator[_Round]:
         body["stream"] = False
         try:
-            answer, waited = await asyncio.wait_for(self.route.complete(body, self.headers), self._remaining())
+            async with asyncio.timeout(self._remaining()):
+                answer, waited = await self.route.complete(body, self.headers)
         except TimeoutError as exc:
             raise UpstreamTimeout("The request's deadline passed before the model answered.") from exc
         self.stats.upstream_wait_s += waited

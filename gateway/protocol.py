@@ -23,9 +23,11 @@ class FunctionDefinition(BaseModel):
 
 
 class ToolDefinition(BaseModel):
+    """A client tool; only function tools have a name the loop must respect."""
+
     model_config = ConfigDict(extra="allow")
     type: str = "function"
-    function: FunctionDefinition
+    function: FunctionDefinition | None = None
 
 
 class ChatRequest(BaseModel):
