@@ -94,9 +94,19 @@ for _event in ("stored", "resumed", "expired"):
 class Labels:
     """Folds label values outside the known set into ``other``."""
 
+    MAX_DISCOVERED_MODELS = 256
+
     def __init__(self, models: Iterable[str], tools: Iterable[str]) -> None:
-        self.models = frozenset(m for m in models if m != "*")
+        self.models = {m for m in models if m != "*"}
         self.tools = set(tools)
+        self._configured = len(self.models)
+
+    def discover_models(self, names: Iterable[str]) -> None:
+        """Admit models a ``*`` upstream lists itself: bounded by that list, not by clients."""
+        for name in names:
+            if len(self.models) - self._configured >= self.MAX_DISCOVERED_MODELS:
+                return
+            self.models.add(name)
 
     def model(self, value: str) -> str:
         return value if value in self.models else OTHER

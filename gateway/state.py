@@ -33,7 +33,9 @@ class GatewayState:
                 if name != "*" and name not in seen:
                     seen[name] = {"id": name, "object": "model", "created": self.started_at, "owned_by": upstream.name}
             if "*" in upstream.models:
-                for model in await self.upstreams[upstream.name].list_models():
+                listed = await self.upstreams[upstream.name].list_models()
+                self.chat.services.labels.discover_models(m["id"] for m in listed)
+                for model in listed:
                     if model["id"] not in seen:
                         seen[model["id"]] = {
                             "id": model["id"],

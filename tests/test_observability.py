@@ -219,3 +219,12 @@ logging: {{level: debug, format: json}}
     assert any(r.get("event") == "tool_call" and r["tool"] == "add" for r in records)
     assert "upstream-secret-value" not in stderr
     assert "sk-client-secret-value" not in stderr
+
+
+def test_models_listed_by_a_wildcard_upstream_get_their_own_label(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.models = ["served-by-upstream"]
+    assert [m.id for m in gateway.client().models.list()] == ["served-by-upstream"]
+    upstream.enqueue(completion("ok", model="served-by-upstream"))
+    gateway.client().chat.completions.create(model="served-by-upstream", messages=USER)
+    samples = scrape(gateway.url)
+    assert total(samples, "gateway_requests_total", gen_ai_request_model="served-by-upstream") == 1
