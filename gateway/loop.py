@@ -251,7 +251,7 @@ class ToolLoop:
         usage: Any = None
         started = time.perf_counter()
         model_label = self.services.labels.model(self.client_model)
-        async with self.route.stream(body, self.headers) as (target, payloads):
+        async with self.route.stream(body, self.headers) as (_, payloads):
             first = True
             async for item in payloads:
                 if item is None:
@@ -290,8 +290,6 @@ class ToolLoop:
                 if self.context.remaining_s() <= 0:
                     raise UpstreamTimeout("The request's deadline passed while the model was answering.")
         self.stats.upstream_wait_s += time.perf_counter() - started
-        metrics.UPSTREAM_REQUESTS.labels(target.upstream.name, "ok").inc()
-        metrics.UPSTREAM_DURATION.labels(target.upstream.name).observe(time.perf_counter() - started)
         if not done and finish_reason is None:
             raise UpstreamStreamError("upstream stream ended before the answer was complete")
         self.stats.usage = add_usage(self.stats.usage, usage)

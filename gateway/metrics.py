@@ -56,7 +56,7 @@ UPSTREAM_REQUESTS = Counter(
 )
 UPSTREAM_DURATION = Histogram(
     "gateway_upstream_request_duration_seconds",
-    "Time of one upstream call, to the end of its body or stream.",
+    "Time of one upstream attempt: to its full body, or to a stream's response headers.",
     ["upstream"],
     buckets=LATENCY_BUCKETS,
 )

@@ -8,11 +8,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import metrics
 from gateway.config import GatewayConfig
 from gateway.errors import ModelNotFound, UpstreamError
 from gateway.sse import SSEData
 from gateway.upstream import Upstream
+
+
+def _spent(exc: UpstreamError) -> UpstreamError:
+    """An upstream whose retries are spent hands over to the next target; any other error is final."""
+    if not exc.retryable:
+        raise exc
+    return exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +47,8 @@ class Route:
             try:
                 answer = await target.upstream.complete(body, headers)
             except UpstreamError as exc:
-                metrics.UPSTREAM_REQUESTS.labels(target.upstream.name, type(exc).__name__).inc()
-                if not exc.retryable:
-                    raise
-                last = exc
+                last = _spent(exc)
                 continue
-            finally:
-                metrics.UPSTREAM_DURATION.labels(target.upstream.name).observe(time.perf_counter() - started)
-            metrics.UPSTREAM_REQUESTS.labels(target.upstream.name, "ok").inc()
             return answer, time.perf_counter() - started
         assert last is not None
         raise last
@@ -65,10 +65,7 @@ class Route:
             try:
                 payloads = await stack.enter_async_context(target.upstream.stream(body, headers))
             except UpstreamError as exc:
-                metrics.UPSTREAM_REQUESTS.labels(target.upstream.name, type(exc).__name__).inc()
-                if not exc.retryable:
-                    raise
-                last = exc
+                last = _spent(exc)
                 continue
             async with stack:
                 yield target, payloads

@@ -19,6 +19,7 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential_jitter
 
+from gateway import metrics
 from gateway.config import UpstreamConfig
 from gateway.errors import (
     UpstreamError,
@@ -140,7 +141,24 @@ class Upstream:
             retry=retry_if_exception(lambda e: isinstance(e, UpstreamError) and e.retryable),
             reraise=True,
         )
-        return await retrying(attempt)
+        return await retrying(self._counted(attempt))
+
+    def _counted(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        """Count and time every attempt, retries included, by outcome."""
+
+        async def counted() -> T:
+            started = time.perf_counter()
+            try:
+                result = await attempt()
+            except UpstreamError as exc:
+                metrics.UPSTREAM_REQUESTS.labels(self.name, type(exc).__name__).inc()
+                raise
+            finally:
+                metrics.UPSTREAM_DURATION.labels(self.name).observe(time.perf_counter() - started)
+            metrics.UPSTREAM_REQUESTS.labels(self.name, "ok").inc()
+            return result
+
+        return counted
 
     def _translate(self, exc: httpx.HTTPError) -> UpstreamError:
         if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TOOL_FIXTURES, Gateway, GatewayFactory
-from tests.fake_upstream import MODEL, FakeUpstream, Sse, call, chunk, completion
+from tests.fake_upstream import MODEL, FakeUpstream, Json, Sse, call, chunk, completion
 from tests.test_deploy import _dashboard, _exprs, _panels, _template_queries, metric_names
 
 USER = [{"role": "user", "content": "add things"}]
@@ -80,6 +80,7 @@ def test_two_round_conversation_moves_series_by_exact_amounts(
     assert delta("gen_ai_client_token_usage_sum", gen_ai_request_model=MODEL, gen_ai_token_type="output") == 37
     assert delta("gateway_requests_total", gen_ai_request_model=MODEL, stream="false", status="200") == 1
     assert delta("gateway_upstream_requests_total", upstream="fake", outcome="ok") == 3
+    assert delta("gateway_upstream_request_duration_seconds_count", upstream="fake") == 3
     assert delta("gateway_overhead_seconds_count", stream="false") == 1
     assert delta("gen_ai_server_request_duration_seconds_count", gen_ai_request_model=MODEL, stream="false") == 1
     assert value(after, "gateway_requests_in_flight") == 0
@@ -228,3 +229,17 @@ def test_models_listed_by_a_wildcard_upstream_get_their_own_label(upstream: Fake
     gateway.client().chat.completions.create(model="served-by-upstream", messages=USER)
     samples = scrape(gateway.url)
     assert total(samples, "gateway_requests_total", gen_ai_request_model="served-by-upstream") == 1
+
+
+def test_every_upstream_attempt_is_counted_by_outcome(upstream: FakeUpstream, gateway: Gateway) -> None:
+    before = scrape(gateway.url)
+    upstream.enqueue(Json({"error": {"message": "busy"}}, status=503), completion("ok"))
+    gateway.client().chat.completions.create(model=MODEL, messages=USER)
+    after = scrape(gateway.url)
+    for outcome, expected in (("UpstreamStatus", 1), ("ok", 1)):
+        labels = {"upstream": "fake", "outcome": outcome}
+        assert (
+            value(after, "gateway_upstream_requests_total", **labels)
+            - value(before, "gateway_upstream_requests_total", **labels)
+            == expected
+        )
