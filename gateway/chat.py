@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -144,6 +145,11 @@ async def serve_chat(service: ChatService, request: Request) -> Response:
         raise
     except StopAsyncIteration:
         first = None
+    except BaseException as exc:
+        # 499: the client went away (nginx's convention); anything else is the gateway's fault.
+        status = 499 if isinstance(exc, asyncio.CancelledError) else 500
+        record.close(status, stats, labels, f"{type(exc).__name__}: {exc}")
+        raise
     assert stats is not None
     return EventSourceResponse(
         _sse(events, first, trace, record, stats, labels),
