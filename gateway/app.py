@@ -24,6 +24,7 @@ from gateway.routes import router
 from gateway.routing import Router
 from gateway.state import GatewayState
 from gateway.tools.executor import ToolExecutor
+from gateway.tools.mcp import McpSources
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import Upstream, close_all
 
@@ -58,7 +59,10 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
         max_body_bytes=config.server.max_body_bytes,
         keepalive_interval_s=config.server.keepalive_interval_s,
     )
-    return GatewayState(config=config, upstreams=upstreams, registry=registry, chat=chat)
+    mcp = McpSources(config.tools.mcp_servers, registry, labels.tools)
+    return GatewayState(
+        config=config, upstreams=upstreams, registry=registry, chat=chat, tool_sources=mcp.status, mcp=mcp
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -81,9 +85,13 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.mcp is not None:
+            await state.mcp.start()
         try:
             yield
         finally:
+            if state.mcp is not None:
+                await state.mcp.close()
             await close_all(state.upstreams)
             state.registry.close()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import sys
 import tempfile
@@ -12,7 +14,7 @@ import orjson
 import yaml
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, masked
-from gateway.tools.registry import ToolLoadError
+from gateway.tools.registry import ToolLoadError, ToolRegistry
 
 
 def _config_path(value: str | None) -> str:
@@ -74,15 +76,30 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def tools_list(args: argparse.Namespace) -> int:
-    from gateway.tools.registry import ToolRegistry
+async def _list_mcp_tools(config: GatewayConfig, registry: ToolRegistry) -> dict[str, str | None]:
+    """Connect to every MCP server once to list its tools; return the ones that could not be reached."""
+    from gateway.tools.mcp import McpSources
 
+    # Each failed attempt is logged while connecting; the summary printed afterwards says it once.
+    logging.getLogger("gateway.tools.mcp").setLevel(logging.ERROR)
+    sources = McpSources(config.tools.mcp_servers, registry)
+    try:
+        await sources.start()
+        return sources.unavailable()
+    finally:
+        await sources.close()
+
+
+def tools_list(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
     try:
         registry = ToolRegistry.from_config(config.tools, base_dir=Path.cwd())
     except ToolLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if config.tools.mcp_servers:
+        for name, error in asyncio.run(_list_mcp_tools(config, registry)).items():
+            print(f"warning: MCP server {name!r} is unavailable: {error or 'no answer yet'}", file=sys.stderr)
     listing = [{**t.definition(), "x_source": t.source} for t in registry.enabled()]
     sys.stdout.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode() + "\n")
     registry.close()

@@ -149,6 +149,15 @@ class ToolsConfig(_Strict):
     )
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
 
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_server_names(cls, value: list[McpServerConfig]) -> list[McpServerConfig]:
+        names = [s.name for s in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate MCP server names: {', '.join(duplicates)}")
+        return value
+
 
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"

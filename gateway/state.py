@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.chat import ChatService
 from gateway.config import GatewayConfig
+from gateway.tools.mcp import McpSources
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import Upstream
 
@@ -20,6 +21,7 @@ class GatewayState:
     chat: ChatService
     started_at: int = field(default_factory=lambda: int(time.time()))
     tool_sources: dict[str, str] = field(default_factory=dict)
+    mcp: McpSources | None = None
 
     def tool_source_status(self) -> dict[str, str]:
         """Readiness of external tool sources (MCP servers), by name."""

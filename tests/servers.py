@@ -13,10 +13,10 @@ import uvicorn
 class ServerThread:
     """Runs an ASGI app on 127.0.0.1 at a free port until ``stop()``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(
             app, log_config=None, lifespan="on", loop="asyncio", http="h11", timeout_graceful_shutdown=2

@@ -1,0 +1,471 @@
+"""MCP servers as tool sources: each configured server's tools, offered as ``<prefix><tool name>``.
+
+One ``McpSource`` per server owns its connection in a long-lived task, because the
+SDK's transports and sessions are anyio context managers that must be entered and
+left in the same task. Calls come from request tasks and share the session (the SDK
+matches responses to requests by id). The task reconnects with backoff when the
+connection ends, and re-lists the server's tools after every (re)connection and on
+``notifications/tools/list_changed``, updating the registry.
+
+A connection is judged lost when the server's change subscription drops (2026-era
+servers), when a call fails with ``CONNECTION_CLOSED`` (any era), or when the
+transport fails (streamable HTTP tears the session down on a broken connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx2
+import mcp.types as mcp_types
+import orjson
+from jsonschema import SchemaError
+from jsonschema.protocols import Validator
+from jsonschema.validators import Draft202012Validator, validator_for
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.client import Transport
+from mcp.client.session import IncomingMessage
+from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import Subscription, SubscriptionLost
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+
+from gateway import __version__
+from gateway.config import McpServerConfig
+from gateway.tools.base import InvalidArguments, Tool, ToolContext, ToolFailed
+from gateway.tools.registry import ToolLoadError, ToolRegistry
+
+log = logging.getLogger("gateway.tools.mcp")
+
+OK = "ok"
+UNAVAILABLE = "unavailable"
+
+STARTUP_WAIT_S = 10.0
+"""How long start-up waits for the first connection attempts; a slower server joins later."""
+BACKOFF_INITIAL_S = 0.25
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 10.0
+"""A connection that lasted this long resets the backoff; one that dies sooner keeps it growing."""
+RECONNECT_GRACE_S = 5.0
+"""How long a call waits for a reconnection in progress before it reports the server unavailable."""
+CLOSE_WAIT_S = 10.0
+MAX_LIST_PAGES = 100
+MAX_REPORTED_ERRORS = 5
+
+# OpenAI function names: letters, digits, underscore and dash, at most 64 characters.
+_FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class UnusableTool(Exception):
+    """A tool listed by an MCP server cannot be offered (bad schema or name); it is skipped."""
+
+
+def function_name(prefix: str, remote_name: str) -> str:
+    """The prefixed name, with characters OpenAI rejects in function names replaced by ``_``."""
+    name = f"{prefix}{remote_name}"
+    if _FUNCTION_NAME.match(name):
+        return name
+    return _NAME_UNSAFE.sub("_", name)[:64]
+
+
+def _byte_count(data: str) -> int:
+    """Decoded size of base64 text, without decoding it."""
+    return max(0, len(data) * 3 // 4 - len(data) + len(data.rstrip("=")))
+
+
+def _describe(block: mcp_types.ContentBlock) -> str:
+    """A content block as text the model can read; binary payloads are described, never inlined."""
+    if isinstance(block, mcp_types.TextContent):
+        return block.text
+    if isinstance(block, mcp_types.ImageContent | mcp_types.AudioContent):
+        return f"[{block.type}: {block.mime_type}, {_byte_count(block.data)} bytes]"
+    if isinstance(block, mcp_types.ResourceLink):
+        facts = [block.uri, block.name]
+        if block.mime_type:
+            facts.append(block.mime_type)
+        if block.size is not None:
+            facts.append(f"{block.size} bytes")
+        return f"[resource link: {', '.join(facts)}]"
+    if isinstance(block, mcp_types.EmbeddedResource):
+        resource = block.resource
+        facts = [resource.uri, resource.mime_type or "unknown type"]
+        if isinstance(resource, mcp_types.TextResourceContents):
+            facts.append(f"{len(resource.text)} characters")
+        else:
+            facts.append(f"{_byte_count(resource.blob)} bytes")
+        return f"[embedded resource: {', '.join(facts)}]"
+    return f"[{getattr(block, 'type', type(block).__name__)} content]"
+
+
+def _repeats(block: mcp_types.ContentBlock, structured: Any) -> bool:
+    if not isinstance(block, mcp_types.TextContent):
+        return False
+    try:
+        return bool(json.loads(block.text) == structured)
+    except ValueError:
+        return False
+
+
+def render_content(result: mcp_types.CallToolResult) -> str:
+    """Text blocks as text, structured content as JSON, other blocks described."""
+    parts: list[str] = []
+    blocks: Iterable[mcp_types.ContentBlock] = result.content
+    if result.structured_content is not None:
+        parts.append(orjson.dumps(result.structured_content, option=orjson.OPT_NON_STR_KEYS, default=str).decode())
+        # Servers repeat structured content as a JSON text block for older clients; one copy is enough.
+        blocks = [b for b in blocks if not _repeats(b, result.structured_content)]
+    parts.extend(_describe(block) for block in blocks)
+    return "\n".join(parts)
+
+
+class McpTool(Tool):
+    """One tool of an MCP server; arguments are checked against its input schema before the call."""
+
+    def __init__(self, server: McpSource, remote: mcp_types.Tool) -> None:
+        schema = remote.input_schema
+        validator_class = validator_for(schema, default=Draft202012Validator)
+        try:
+            validator_class.check_schema(schema)
+        except SchemaError as exc:
+            raise UnusableTool(f"its input schema is invalid: {exc.message}") from exc
+        self.name = function_name(server.config.tool_prefix, remote.name)
+        if not _FUNCTION_NAME.match(self.name):
+            raise UnusableTool(f"{self.name!r} is not a usable function name")
+        self.remote_name = remote.name
+        self.description = remote.description or remote.title or ""
+        self.parameters = schema
+        self.timeout_s = server.config.timeout_s
+        self.source = f"mcp:{server.name}"
+        self.server = server
+        self._validator: Validator = validator_class(schema)
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        errors = sorted(self._validator.iter_errors(arguments), key=lambda e: [str(p) for p in e.absolute_path])
+        if errors:
+            shown = [f"{e.json_path}: {e.message[:200]}" for e in errors[:MAX_REPORTED_ERRORS]]
+            if len(errors) > MAX_REPORTED_ERRORS:
+                shown.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more")
+            raise InvalidArguments("; ".join(shown))
+        return arguments
+
+    async def invoke(self, validated: dict[str, Any], context: ToolContext) -> str:
+        result = await self.server.call(self.remote_name, validated)
+        text = render_content(result)
+        if result.is_error:
+            raise ToolFailed(text or f"{self.name} reported an error without details.")
+        return text
+
+
+@asynccontextmanager
+async def _http_transport(url: str, headers: dict[str, str], connect_timeout_s: float) -> AsyncIterator[Any]:
+    # The SDK leaves a caller-supplied HTTP client open, so it is owned (and closed) here.
+    timeout = httpx2.Timeout(connect_timeout_s, read=300.0)
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
+        streamable_http_client(url, http_client=http) as streams,
+    ):
+        yield streams
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause worth logging; task groups wrap transport errors in exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class McpSource:
+    """One MCP server: its connection task, its tools in the registry, and its readiness."""
+
+    def __init__(
+        self, config: McpServerConfig, registry: ToolRegistry, known_names: set[str], status: dict[str, str]
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.registry = registry
+        self.known_names = known_names
+        self.status = status
+        self.status[self.name] = UNAVAILABLE
+        self.tools: dict[str, McpTool] = {}
+        self.last_error: str | None = None
+        self._client: Client | None = None
+        self._up = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._first_attempt = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._lost: str | None = None
+        self._refresh_due = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"mcp:{self.name}")
+
+    async def wait_first_attempt(self) -> None:
+        await self._first_attempt.wait()
+
+    async def close(self) -> None:
+        """End the connection cleanly (the SDK stops a stdio server: stdin closed, then signals)."""
+        self._closing.set()
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), CLOSE_WAIT_S)
+        except TimeoutError:
+            log.warning("MCP server %s did not close within %s s", self.name, CLOSE_WAIT_S)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def call(self, tool_name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+        client = await self._connected()
+        try:
+            return await client.call_tool(tool_name, arguments)
+        except MCPError as exc:
+            if exc.code == mcp_types.CONNECTION_CLOSED or self._client is not client:
+                self._lose(client, "the connection closed during a call")
+                raise ToolFailed(
+                    f"The connection to MCP server {self.name!r} was lost during the call; it is being re-established."
+                ) from exc
+            raise ToolFailed(f"MCP server {self.name!r} answered with an error: {exc}") from exc
+        except Exception as exc:
+            if self._client is not client:
+                raise ToolFailed(f"The connection to MCP server {self.name!r} was lost during the call.") from exc
+            raise
+
+    async def _connected(self) -> Client:
+        """The live session, waiting a little for a reconnection in progress."""
+        if not self._up.is_set():
+            try:
+                async with asyncio.timeout(RECONNECT_GRACE_S):
+                    await self._up.wait()
+            except TimeoutError:
+                detail = f" ({self.last_error})" if self.last_error else ""
+                raise ToolFailed(f"MCP server {self.name!r} is unavailable{detail}; try again later.") from None
+        assert self._client is not None
+        return self._client
+
+    def _lose(self, client: Client, reason: str) -> None:
+        if self._client is client and self._lost is None:
+            self._lost = reason
+            # Later calls wait for the next session instead of failing on this one.
+            self._up.clear()
+            self._wake.set()
+
+    def _backoff(self, failures: int) -> float:
+        return min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2.0 ** (failures - 1)) * random.uniform(0.5, 1.0)
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing.is_set():
+            if failures:
+                try:
+                    await asyncio.wait_for(self._closing.wait(), self._backoff(failures))
+                    break
+                except TimeoutError:
+                    pass
+            started = time.monotonic()
+            connected = False
+            try:
+                connected = await self._connection()
+            except Exception as exc:
+                self.last_error = _reason(exc)
+            finally:
+                self._mark_down()
+                self._first_attempt.set()
+            if self._closing.is_set():
+                break
+            stable = connected and time.monotonic() - started >= STABLE_AFTER_S
+            failures = 1 if stable else failures + 1
+            log.warning(
+                "MCP server %s %s: %s",
+                self.name,
+                "disconnected" if connected else "is unavailable",
+                self.last_error,
+                extra={"event": "mcp_disconnected", "mcp_server": self.name, "attempt": failures},
+            )
+
+    def _new_client(self) -> Client:
+        server: StdioServerParameters | Transport
+        if self.config.command is not None:
+            server = StdioServerParameters(
+                command=self.config.command, args=self.config.args, env=self.config.env or None, cwd=self.config.cwd
+            )
+        else:
+            assert self.config.url is not None
+            server = _http_transport(self.config.url, self.config.headers, self.config.timeout_s)
+        return Client(
+            server,
+            message_handler=self._on_message,
+            client_info=mcp_types.Implementation(name="llm-tool-gateway", version=__version__),
+            # Listings must be fresh after list_changed; the SDK would honour server cache hints.
+            cache=None,
+        )
+
+    async def _connection(self) -> bool:
+        """One connection from connect to end; True when it got as far as offering tools."""
+        self._lost = None
+        self._refresh_due = False
+        self._wake.clear()
+        connected = False
+        # One cancel scope spans the whole session so it nests with the SDK's own scopes;
+        # its deadline bounds connecting and each listing, and is lifted in between.
+        with anyio.CancelScope() as deadline:
+            deadline.deadline = anyio.current_time() + self.config.timeout_s
+            async with self._new_client() as client, AsyncExitStack() as stack:
+                changes = await self._subscribe(client, stack)
+                await self._sync_tools(client)
+                deadline.deadline = math.inf
+                self._mark_up(client)
+                connected = True
+                await self._serve(client, changes, deadline)
+        if deadline.cancelled_caught:
+            raise TimeoutError(f"no answer within {self.config.timeout_s:g} s")
+        if self._lost is not None:
+            self.last_error = self._lost
+        return connected
+
+    async def _subscribe(self, client: Client, stack: AsyncExitStack) -> Subscription | None:
+        """Open the change subscription 2026-era servers need; older servers notify unasked."""
+        tools = client.server_capabilities.tools
+        if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or tools is None or not tools.list_changed:
+            return None
+        try:
+            return await stack.enter_async_context(client.listen(tools_list_changed=True))
+        except MCPError as exc:
+            log.info("MCP server %s refused a change subscription: %s", self.name, exc)
+            return None
+
+    async def _serve(self, client: Client, changes: Subscription | None, deadline: anyio.CancelScope) -> None:
+        async with anyio.create_task_group() as tasks:
+            if changes is not None:
+                tasks.start_soon(self._follow, client, changes)
+            while not self._closing.is_set() and self._lost is None:
+                if self._refresh_due:
+                    self._refresh_due = False
+                    deadline.deadline = anyio.current_time() + self.config.timeout_s
+                    await self._sync_tools(client)
+                    deadline.deadline = math.inf
+                    continue
+                await self._wake.wait()
+                self._wake.clear()
+            tasks.cancel_scope.cancel()
+
+    async def _follow(self, client: Client, changes: Subscription) -> None:
+        # Events also reach the message handler, which schedules the refresh; this loop
+        # only notices the stream ending, which is how a dead server shows itself first.
+        try:
+            async for _event in changes:
+                pass
+            self._lose(client, "the server ended its change subscription")
+        except SubscriptionLost:
+            self._lose(client, "the connection was lost")
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            self._refresh_due = True
+            self._wake.set()
+        elif isinstance(message, Exception):
+            log.warning("MCP server %s transport error: %s", self.name, _reason(message))
+
+    async def _sync_tools(self, client: Client) -> None:
+        listed: list[mcp_types.Tool] = []
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = await client.list_tools(cursor=cursor)
+            listed.extend(page.tools)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        self._publish(listed)
+
+    def _publish(self, listed: list[mcp_types.Tool]) -> None:
+        """Replace this server's tools in the registry with the listed ones (allowlist applied)."""
+        allow = self.config.allow
+        offered: dict[str, McpTool] = {}
+        for remote in listed:
+            if allow is not None and remote.name not in allow:
+                continue
+            try:
+                tool = McpTool(self, remote)
+            except UnusableTool as exc:
+                log.warning("MCP server %s: tool %r skipped: %s", self.name, remote.name, exc)
+                continue
+            if tool.name in offered:
+                log.warning("MCP server %s: tool %r skipped: %r is taken", self.name, remote.name, tool.name)
+                continue
+            offered[tool.name] = tool
+        if allow is not None:
+            missing = sorted(set(allow) - {r.name for r in listed})
+            if missing:
+                log.warning("MCP server %s does not offer allowed tools: %s", self.name, ", ".join(missing))
+        self.registry.remove(self.tools)
+        self.tools = {}
+        for name, tool in offered.items():
+            try:
+                self.registry.add([tool])
+            except ToolLoadError as exc:
+                log.warning("MCP server %s: %s; the tool is skipped", self.name, exc)
+                continue
+            self.tools[name] = tool
+            self.known_names.add(name)
+        log.info(
+            "MCP server %s offers %d tools",
+            self.name,
+            len(self.tools),
+            extra={"event": "mcp_tools", "mcp_server": self.name, "tools": sorted(self.tools)},
+        )
+
+    def _mark_up(self, client: Client) -> None:
+        self._client = client
+        self.last_error = None
+        self.status[self.name] = OK
+        self._up.set()
+        self._first_attempt.set()
+        log.info("MCP server %s connected", self.name, extra={"event": "mcp_connected", "mcp_server": self.name})
+
+    def _mark_down(self) -> None:
+        self._client = None
+        self.status[self.name] = UNAVAILABLE
+        self._up.clear()
+
+
+class McpSources:
+    """All configured MCP servers; ``status`` maps each name to ``ok`` or ``unavailable``."""
+
+    def __init__(
+        self, configs: Iterable[McpServerConfig], registry: ToolRegistry, known_names: set[str] | None = None
+    ) -> None:
+        self.status: dict[str, str] = {}
+        names = known_names if known_names is not None else set()
+        self.sources = [McpSource(config, registry, names, self.status) for config in configs]
+
+    async def start(self, wait_s: float = STARTUP_WAIT_S) -> None:
+        """Connect every server concurrently; return once each has tried once, or after ``wait_s``."""
+        for source in self.sources:
+            source.start()
+        if not self.sources:
+            return
+        try:
+            async with asyncio.timeout(wait_s):
+                await asyncio.gather(*(s.wait_first_attempt() for s in self.sources))
+        except TimeoutError:
+            slow = [s.name for s in self.sources if s.status[s.name] != OK]
+            log.warning("MCP servers still connecting after %s s: %s", wait_s, ", ".join(slow))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.sources))
+
+    def unavailable(self) -> dict[str, str | None]:
+        """Servers not connected, with the last error seen for each."""
+        return {s.name: s.last_error for s in self.sources if self.status[s.name] != OK}
