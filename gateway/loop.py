@@ -8,6 +8,7 @@ progress) as SSE. Streamed and non-streamed requests share every rule here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,14 @@ from gateway import metrics
 from gateway.config import LoopConfig
 from gateway.continuations import Continuation, ContinuationStore, splice
 from gateway.deltas import ToolCall, ToolCallAssembler, calls_from_message
-from gateway.errors import InvalidRequest, UpstreamStreamError, UpstreamTimeout, UpstreamUnavailable, as_openai_error
+from gateway.errors import (
+    InvalidRequest,
+    UpstreamError,
+    UpstreamStreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    as_openai_error,
+)
 from gateway.metrics import Labels
 from gateway.protocol import ChatRequest, add_usage, chunk_usage, first_choice, forced_function
 from gateway.routing import Route
@@ -86,6 +94,15 @@ class LoopServices:
     continuations: ContinuationStore
     config: LoopConfig
     labels: Labels
+
+
+async def _drain(payloads: AsyncIterator[Any]) -> None:
+    """Read the little left after ``[DONE]`` (the chunked body's end) so the pooled
+    connection can be reused instead of torn down; bounded, for servers that linger."""
+    with contextlib.suppress(TimeoutError, UpstreamError):
+        async with asyncio.timeout(0.05):
+            async for _ in payloads:
+                pass
 
 
 def _has_payload(delta: dict[str, Any]) -> bool:
@@ -289,6 +306,8 @@ class ToolLoop:
                     yield out
                 if self.context.remaining_s() <= 0:
                     raise UpstreamTimeout("The request's deadline passed while the model was answering.")
+            if done:
+                await _drain(payloads)
         self.stats.upstream_wait_s += time.perf_counter() - started
         if not done and finish_reason is None:
             raise UpstreamStreamError("upstream stream ended before the answer was complete")

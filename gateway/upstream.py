@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -120,6 +121,8 @@ class Upstream:
             transport=transport,
         )
         self._backoff = wait_exponential_jitter(multiplier=config.retries.initial_wait_s, max=config.retries.max_wait_s)
+        self._ok = metrics.UPSTREAM_REQUESTS.labels(self.name, "ok")
+        self._duration = metrics.UPSTREAM_DURATION.labels(self.name)
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
     async def aclose(self) -> None:
@@ -127,6 +130,18 @@ class Upstream:
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
         retries = self.config.retries
+        counted = self._counted(attempt)
+        # Nearly every call succeeds first time: the retry machinery is only built after a failure.
+        try:
+            return await counted()
+        except UpstreamError as exc:
+            if not exc.retryable or retries.attempts <= 1:
+                raise
+            first = exc
+        if isinstance(first, UpstreamStatus) and first.retry_after is not None:
+            await asyncio.sleep(min(first.retry_after, retries.max_wait_s))
+        else:
+            await asyncio.sleep(min(retries.max_wait_s, retries.initial_wait_s * (1 + random.random())))
         backoff = self._backoff
 
         def wait(state: RetryCallState) -> float:
@@ -136,12 +151,12 @@ class Upstream:
             return float(backoff(state))
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(retries.attempts) | stop_after_delay(retries.max_total_s),
+            stop=stop_after_attempt(retries.attempts - 1) | stop_after_delay(retries.max_total_s),
             wait=wait,
             retry=retry_if_exception(lambda e: isinstance(e, UpstreamError) and e.retryable),
             reraise=True,
         )
-        return await retrying(self._counted(attempt))
+        return await retrying(counted)
 
     def _counted(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
         """Count and time every attempt, retries included, by outcome."""
@@ -154,8 +169,8 @@ class Upstream:
                 metrics.UPSTREAM_REQUESTS.labels(self.name, type(exc).__name__).inc()
                 raise
             finally:
-                metrics.UPSTREAM_DURATION.labels(self.name).observe(time.perf_counter() - started)
-            metrics.UPSTREAM_REQUESTS.labels(self.name, "ok").inc()
+                self._duration.observe(time.perf_counter() - started)
+            self._ok.inc()
             return result
 
         return counted

@@ -30,6 +30,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    peer: str = ""
 
 
 @dataclass
@@ -177,7 +178,8 @@ class FakeUpstream:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = raw
-        recorded = Recorded(request.method, request.url.path, dict(request.headers), body)
+        peer = f"{request.client.host}:{request.client.port}" if request.client else ""
+        recorded = Recorded(request.method, request.url.path, dict(request.headers), body, peer)
         with self._lock:
             self.requests.append(recorded)
             reply = self.replies.pop(0) if self.replies else None

@@ -528,3 +528,11 @@ def test_node_sdk_streams_two_rounds_ending_in_client_call(upstream: FakeUpstrea
     ]
     assert seen["usage"]["total_tokens"] == 50
     assert len(upstream.bodies) == 2
+
+
+def test_finished_streams_leave_the_upstream_connection_reusable(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(_answer_round("one"), _answer_round("two"))
+    assert _text(_stream(gateway)) == "one"
+    assert _text(_stream(gateway)) == "two"
+    first, second = upstream.requests
+    assert first.peer == second.peer, "each stream opened a new upstream connection"
