@@ -116,7 +116,3 @@ def first_choice(body: Json) -> Json | None:
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         return choices[0]
     return None
-
-
-def tool_message(call_id: str, content: str) -> Json:
-    return {"role": "tool", "tool_call_id": call_id, "content": content}
