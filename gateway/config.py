@@ -31,6 +31,10 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+def _duplicates(names: list[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,8 +156,7 @@ class ToolsConfig(_Strict):
     @field_validator("mcp_servers")
     @classmethod
     def _unique_server_names(cls, value: list[McpServerConfig]) -> list[McpServerConfig]:
-        names = [s.name for s in value]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _duplicates([s.name for s in value])
         if duplicates:
             raise ValueError(f"duplicate MCP server names: {', '.join(duplicates)}")
         return value
@@ -175,7 +178,7 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:
         names = [u.name for u in self.upstreams]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _duplicates(names)
         if duplicates:
             raise ValueError(f"duplicate upstream names: {', '.join(duplicates)}")
         for upstream in self.upstreams:
