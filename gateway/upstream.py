@@ -138,17 +138,11 @@ class Upstream:
             if not exc.retryable or retries.attempts <= 1:
                 raise
             first = exc
-        if isinstance(first, UpstreamStatus) and first.retry_after is not None:
-            await asyncio.sleep(min(first.retry_after, retries.max_wait_s))
-        else:
-            await asyncio.sleep(min(retries.max_wait_s, retries.initial_wait_s * (1 + random.random())))
-        backoff = self._backoff
+        first_backoff = min(retries.max_wait_s, retries.initial_wait_s * (1 + random.random()))
+        await asyncio.sleep(self._pause(first, first_backoff))
 
         def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, UpstreamStatus) and error.retry_after is not None:
-                return min(error.retry_after, retries.max_wait_s)
-            return float(backoff(state))
+            return self._pause(state.outcome.exception() if state.outcome else None, float(self._backoff(state)))
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(retries.attempts - 1) | stop_after_delay(retries.max_total_s),
@@ -157,6 +151,12 @@ class Upstream:
             reraise=True,
         )
         return await retrying(counted)
+
+    def _pause(self, error: BaseException | None, backoff_s: float) -> float:
+        """The wait before the next try: the server's Retry-After when it sent one, capped."""
+        if isinstance(error, UpstreamStatus) and error.retry_after is not None:
+            return min(error.retry_after, self.config.retries.max_wait_s)
+        return backoff_s
 
     def _counted(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
         """Count and time every attempt, retries included, by outcome."""
