@@ -1,10 +1,10 @@
-# `make run` and `make test` each set up everything they need on a fresh machine with Python 3.11+.
+# `make run`, `make test` and `make e2e` each set up everything they need on a fresh machine with Python 3.11+.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test e2e local-model lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,14 +12,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The gateway on :8080; without VLLM_BASE_URL or GATEWAY_CONFIG, in front of a small local model
+# (llama.cpp and SmolLM2-135M, built and fetched once into $${GATEWAY_CACHE_DIR:-~/.cache/llm-tool-gateway}).
 run: $(STAMP)
-	$(BIN)/gateway serve
+	$(BIN)/python -m scripts.run_local
 
+# The tests start their own redis-server (shared state, per-key limits): install Debian's when it is missing.
 test: $(STAMP)
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
+		|| { echo "redis-server is needed by the tests: install it (Debian/Ubuntu: apt-get install redis-server)"; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Build llama-server and fetch the model now, so that `make run` and `make e2e` start at once.
+local-model: $(STAMP)
+	$(BIN)/python -m e2e.local_model build
+
+# The end-to-end suite against a real model server: the local one, or E2E_BASE_URL (see README).
+e2e: $(STAMP)
+	if [ -z "$$E2E_BASE_URL" ]; then $(BIN)/python -m e2e.local_model build; fi
+	$(BIN)/pytest e2e --timeout=300 $(E2E_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,120 +1,50 @@
 """``python -m bench``: start a fake upstream and the gateway (and LiteLLM if installed), load them, report.
 
 Every scenario is measured against the fake upstream directly and through the
-gateway in the same run, back to back at each concurrency, so the overhead is a
-difference of two measurements taken seconds apart on the same machine. LiteLLM
-runs afterwards, alone on the proxy core, once the gateway has stopped.
+gateway in the same run, back to back, so the overhead is a difference of two
+measurements taken seconds apart on the same machine. The phases, in order:
+closed-loop points (concurrency 1 is the sequential probe), an open loop at a
+constant arrival rate, many long paced streams, the gateway with two workers,
+and LiteLLM, alone on the proxy core once the gateway has stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
-from types import FrameType
+from collections.abc import Callable
+from typing import cast
 
-import orjson
 import yaml
 
-from bench.processes import Child, CpuLayout, free_port, pin_to, wait_ready
-from bench.report import Point, ProxyFacts, Run, render
-from bench.scenarios import API_KEY, PLAIN_MODEL, SCENARIOS, TOOLS_MODEL, Scenario, Target
+from bench.configs import (
+    BENCH_DIR,
+    GATEWAY_SETTINGS,
+    LITELLM_SETTINGS,
+    find_litellm,
+    gateway_config,
+    litellm_config,
+    litellm_env,
+    litellm_version,
+    machine,
+    redis_command,
+)
+from bench.processes import Child, CpuLayout, free_port, wait_ready
+from bench.results import LongStreams, OpenLoopPoint, Point, ProxyFacts, Run, Workers
+from bench.runner import Sampled, requests_counted, run_load, wait_first_completion, wait_redis
+from bench.scenarios import SCENARIOS, Scenario, Target
 
-BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
-RSS_SAMPLE_S = 0.1
 READY_TIMEOUT_S = 60.0
 LITELLM_READY_TIMEOUT_S = 180.0
+SLACK_S = 60.0
+PHASES = ("closed", "open", "long", "workers", "litellm")
+MULTI_WORKERS = 2
 
 
-def machine() -> list[tuple[str, str]]:
-    """CPU model and count, Python and OS: what a reader needs to compare runs."""
-    model = platform.processor() or "unknown"
-    lscpu = shutil.which("lscpu")
-    if lscpu:
-        listing = subprocess.run([lscpu], capture_output=True, text=True, check=False).stdout
-        for line in listing.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return [
-        ("CPU", f"{model}, {os.cpu_count()} cores"),
-        ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("OS", f"{platform.system()} {platform.release()}"),
-    ]
-
-
-def gateway_config(port: int, upstream_port: int) -> dict[str, object]:
-    """The gateway as deployed: defaults everywhere, one worker, auth on, the bench tool loaded.
-
-    Two upstream entries reach the same fake server: ``bench-plain`` with server
-    tools off (a pure proxy, comparable to LiteLLM) and ``bench-tools`` with them on.
-    """
-    base_url = f"http://127.0.0.1:{upstream_port}/v1"
-    return {
-        "server": {"host": "127.0.0.1", "port": port, "workers": 1},
-        "upstreams": [
-            {"name": "plain", "base_url": base_url, "models": [PLAIN_MODEL], "server_tools": False},
-            {"name": "tools", "base_url": base_url, "models": [TOOLS_MODEL]},
-        ],
-        "auth": {"api_keys": [API_KEY]},
-        "tools": {"paths": [str(BENCH_DIR / "tools")]},
-    }
-
-
-def litellm_config(upstream_port: int) -> dict[str, object]:
-    """LiteLLM's proxy with the settings its production guide recommends that apply without a database."""
-    return {
-        "model_list": [
-            {
-                "model_name": PLAIN_MODEL,
-                "litellm_params": {
-                    "model": f"openai/{PLAIN_MODEL}",
-                    "api_base": f"http://127.0.0.1:{upstream_port}/v1",
-                    "api_key": "sk-upstream",
-                },
-            }
-        ],
-        "general_settings": {"master_key": API_KEY, "disable_spend_logs": True, "disable_error_logs": True},
-        "litellm_settings": {"request_timeout": 600, "set_verbose": False, "json_logs": True},
-    }
-
-
-def find_litellm(choice: str) -> str | None:
-    """The ``litellm`` executable: a given path, $BENCH_LITELLM, this venv's, or one on PATH."""
-    if choice == "off":
-        return None
-    if choice != "auto":
-        return choice
-    candidates = [
-        os.environ.get("BENCH_LITELLM"),
-        str(Path(sys.executable).parent / "litellm"),
-        shutil.which("litellm"),
-    ]
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
-LITELLM_SETTINGS = (
-    "1 worker (--num_workers 1, alone on the proxy core), master key, no database, "
-    "LITELLM_LOG=ERROR, LITELLM_MODE=PRODUCTION, set_verbose off, json_logs, request_timeout 600"
-)
-
-
-def litellm_version(executable: str) -> str:
-    """The installed litellm's version, asked of the interpreter beside the executable."""
-    python = Path(executable).parent / "python"
-    probe = "import importlib.metadata as m; print(m.version('litellm'))"
-    try:
-        done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "litellm (version unknown)"
-    return f"litellm {done.stdout.strip()}"
+def _nan(values: dict[str, float | None]) -> dict[str, float]:
+    return {k: float("nan") if v is None else v for k, v in values.items()}
 
 
 class Bench:
@@ -125,21 +55,33 @@ class Bench:
         self.layout = CpuLayout.plan()
         self.children: list[Child] = []
         self.scenarios = [s for s in SCENARIOS if not args.scenarios or s.name in args.scenarios]
-        warmup, duration = args.warmup, args.duration
+        self.upstream_port = 0
+        a = args
         self.run = Run(
             machine=machine(),
             settings=[
-                ("command", "python -m bench" + (" --smoke" if args.smoke else "")),
+                ("command", "python -m bench" + (" --smoke" if a.smoke else "")),
                 ("CPU sharing", self.layout.describe()),
-                ("each point", f"{warmup:g} s warm-up + {duration:g} s measured, closed loop, keep-alive connections"),
-                ("load generator", "bench/load.py: asyncio on uvloop, prebuilt requests, httptools response parser"),
                 (
-                    "gateway",
-                    "python -m gateway serve, 1 worker, default settings (JSON request log at info), one API key",
+                    "closed loop",
+                    f"{a.warmup:g} s warm-up + {a.duration:g} s measured per point, keep-alive connections; "
+                    "c=1 is the sequential probe (one connection, one request at a time)",
                 ),
+                (
+                    "open loop",
+                    f"{a.rate:g} req/s, {a.open_warmup:g} s warm-up + {a.open_duration:g} s measured, "
+                    "up to 512 connections, latency from each request's scheduled send time",
+                ),
+                (
+                    "long streams",
+                    f"{a.long_streams} concurrent streams of {a.long_chunks} chunks {a.long_interval_ms:g} ms apart, "
+                    f"started over {a.long_ramp:g} s, one gateway worker",
+                ),
+                ("load generators", "bench/load.py, openloop.py, longstreams.py: asyncio on uvloop, httptools parser"),
+                ("gateway", GATEWAY_SETTINGS),
             ],
             concurrencies=args.concurrency,
-            gateway=ProxyFacts("gateway"),
+            gateway=ProxyFacts("gateway, 1 worker"),
             litellm=ProxyFacts("LiteLLM proxy"),
         )
 
@@ -159,12 +101,27 @@ class Bench:
             child.stop()
         self.children.clear()
 
-    def load(self, scenario: Scenario, target: Target, port: int, concurrency: int, proxy: Child | None) -> Point:
-        """One load run in its own process; samples the proxy's RSS and CPU while it runs."""
-        command = [
-            sys.executable,
-            "-m",
-            "bench.load",
+    def start_gateway(self, workers: int, facts: ProxyFacts, redis_url: str = "") -> tuple[Child, int]:
+        """The gateway with ``workers`` workers (pinned to the proxy core when one), timed to its first completion."""
+        port = free_port()
+        config_path = OUT_DIR / f"gateway-{workers}.yaml"
+        config = gateway_config(port, self.upstream_port, workers, redis_url)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log(f"gateway ({workers} worker{'s' if workers > 1 else ''}) on :{port}")
+        command = [sys.executable, "-m", "gateway", "serve", f"--config={config_path}", "--host=127.0.0.1"]
+        command += [f"--port={port}", f"--workers={workers}"]
+        cores = self.layout.proxy if workers == 1 else None
+        gateway = self.start(f"gateway-{workers}", command, cores)
+        facts.startup_s, facts.first_completion_s = wait_first_completion(gateway, port, READY_TIMEOUT_S)
+        log(f"  ready at {facts.startup_s:.2f} s, first completion at {facts.first_completion_s:.2f} s")
+        facts.rss_idle = gateway.rss_bytes()
+        return gateway, port
+
+    def load(
+        self, scenario: Scenario, target: Target, port: int, concurrency: int, proxy: Child | None
+    ) -> tuple[Point, Sampled]:
+        """One closed-loop point in its own process."""
+        options = [
             f"--scenario={scenario.name}",
             f"--target={target}",
             f"--port={port}",
@@ -172,115 +129,191 @@ class Bench:
             f"--warmup={self.args.warmup}",
             f"--duration={self.args.duration}",
         ]
-        log(f"  {scenario.name:<18} {target:<8} c={concurrency:<3}", end="")
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=BENCH_DIR.parent,
-            preexec_fn=pin_to(self.layout.load),
-        )
-        try:
-            assert process.stdout is not None
-            process.stdout.readline()  # "go": start-up is over, the load begins
-            cpu_before = proxy.cpu_seconds() if proxy else 0.0
-            started = time.perf_counter()
-            while process.poll() is None:
-                if proxy is not None:
-                    facts = self.run.gateway if proxy.name == "gateway" else self.run.litellm
-                    facts.rss_peak = max(facts.rss_peak, proxy.rss_bytes())
-                if time.perf_counter() - started > self.args.warmup + self.args.duration + 60:
-                    raise RuntimeError("the load generator did not finish in time")
-                time.sleep(RSS_SAMPLE_S)
-            elapsed = time.perf_counter() - started
-            proxy_cpu = (proxy.cpu_seconds() - cpu_before) / elapsed if proxy else None
-            stdout, stderr = process.communicate()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        if process.returncode != 0:
-            raise RuntimeError(f"load generator failed:\n{stderr.decode(errors='replace')}")
-        result = orjson.loads(stdout)
+        log(f"  {scenario.name:<20} {target:<8} c={concurrency:<3}", end="")
+        timeout = self.args.warmup + self.args.duration + SLACK_S
+        sampled = run_load("bench.load", options, self.layout.load, proxy, timeout)
+        result = sampled.result
         point = Point(
             scenario=scenario.name,
             target=target,
             concurrency=concurrency,
             rps=result["rps"],
-            latency_ms={k: float("nan") if v is None else v for k, v in result["latency_ms"].items()},
-            ttfb_ms={k: float("nan") if v is None else v for k, v in result["ttfb_ms"].items()},
+            latency_ms=_nan(result["latency_ms"]),
+            ttfb_ms=_nan(result["ttfb_ms"]),
+            first_content_ms=_nan(result["first_content_ms"]),
             errors=result["errors"],
             first_error=result["first_error"],
             load_cpu=result["load_cpu"],
-            proxy_cpu=proxy_cpu,
+            sent=result["sent"],
+            events=result["events"],
+            proxy_cpu=None if sampled.proxy_cpu_s is None else sampled.proxy_cpu_s / sampled.elapsed_s,
+            proxy_cpu_s=sampled.proxy_cpu_s,
         )
-        log(f" {point.rps:>8.0f} req/s  p50 {point.latency_ms['p50']:7.2f} ms  errors {point.errors}")
-        return point
+        cpu = point.cpu_per_request_ms
+        log(
+            f" {point.rps:>8.0f} req/s  p50 {point.latency_ms['p50']:7.2f} ms"
+            + ("" if cpu is None else f"  CPU {cpu:.3f} ms/req")
+            + f"  errors {point.errors}"
+        )
+        return point, sampled
+
+    def closed_loop(self, gateway: Child, port: int) -> None:
+        for scenario in self.scenarios:
+            # A smoke run checks every mode works, so only the passthrough needs every concurrency.
+            single = scenario.probe_only or (self.args.smoke and scenario.name != "chat")
+            concurrencies = [1] if single else self.args.concurrency
+            for concurrency in concurrencies:
+                direct, _ = self.load(scenario, "direct", self.upstream_port, concurrency, None)
+                through, sampled = self.load(scenario, "gateway", port, concurrency, gateway)
+                self.run.points += [direct, through]
+                self.run.gateway.rss_peak = max(self.run.gateway.rss_peak, sampled.rss_peak)
+
+    def open_loop(self, gateway: Child, port: int) -> None:
+        a = self.args
+        for target, target_port, proxy in (("direct", self.upstream_port, None), ("gateway", port, gateway)):
+            options = [
+                "--scenario=chat",
+                f"--target={target}",
+                f"--port={target_port}",
+                f"--rate={a.rate}",
+                f"--warmup={a.open_warmup}",
+                f"--duration={a.open_duration}",
+            ]
+            log(f"  open loop {target:<8} {a.rate:g} req/s", end="")
+            sampled = run_load(
+                "bench.openloop", options, self.layout.load, proxy, a.open_warmup + a.open_duration + SLACK_S
+            )
+            r = sampled.result
+            point = OpenLoopPoint(
+                target=cast(Target, target),
+                rate=r["rate"],
+                achieved_rate=r["achieved_rate"],
+                requests=r["requests"],
+                sent=r["sent"],
+                errors=r["errors"],
+                first_error=r["first_error"],
+                latency_ms=_nan(r["latency_ms"]),
+                lag_ms=_nan(r["lag_ms"]),
+                connections=r["connections"],
+                unanswered=r["unanswered"],
+                load_cpu=r["load_cpu"],
+                proxy_cpu_s=sampled.proxy_cpu_s,
+            )
+            self.run.open_loop.append(point)
+            log(
+                f"  p50 {point.latency_ms['p50']:6.2f} ms  p99 {point.latency_ms['p99']:7.2f} ms  errors {point.errors}"
+            )
+
+    def long_streams(self, gateway: Child, port: int) -> None:
+        a = self.args
+        options = [
+            "--target=gateway",
+            f"--port={port}",
+            f"--streams={a.long_streams}",
+            f"--chunks={a.long_chunks}",
+            f"--interval-ms={a.long_interval_ms}",
+            f"--ramp={a.long_ramp}",
+        ]
+        log(f"  long streams: {a.long_streams} x {a.long_chunks} chunks, {a.long_interval_ms:g} ms apart", end="")
+        timeout = a.long_ramp + a.long_chunks * a.long_interval_ms / 1000 + SLACK_S
+        sampled = run_load("bench.longstreams", options, self.layout.load, gateway, timeout)
+        r = sampled.result
+        self.run.long_streams = LongStreams(
+            streams=r["streams"],
+            chunks=r["chunks"],
+            interval_ms=r["interval_ms"],
+            completed=r["completed"],
+            errors=r["errors"],
+            first_error=r["first_error"],
+            open_peak=r["open_peak"],
+            gaps=r["gaps"],
+            added_delay_ms=_nan(r["added_delay_ms"]),
+            first_content_ms=_nan(r["first_content_ms"]),
+            duration_s=r["duration_s"],
+            load_cpu=r["load_cpu"],
+            proxy_cpu_s=sampled.proxy_cpu_s,
+            rss_peak=sampled.rss_peak,
+        )
+        delay = self.run.long_streams.added_delay_ms
+        log(f"  added delay p99 {delay['p99']:.2f} ms  completed {r['completed']}  errors {r['errors']}")
+
+    def several_workers(self) -> None:
+        """Throughput with two unpinned workers, and whether /metrics still counts every request."""
+        workers = Workers(MULTI_WORKERS, ProxyFacts(f"gateway, {MULTI_WORKERS} workers, not pinned"))
+        self.run.workers = workers
+        redis_port = free_port()
+        (OUT_DIR / "redis").mkdir(exist_ok=True)
+        command = redis_command(redis_port, OUT_DIR / "redis")
+        if command is None:
+            workers.facts.skipped = "redis-server is not installed (several workers share state through Redis)"
+            return
+        redis = self.start("redis", command, self.layout.upstream)
+        wait_redis(redis, redis_port, READY_TIMEOUT_S)
+        gateway, port = self.start_gateway(MULTI_WORKERS, workers.facts, f"redis://127.0.0.1:{redis_port}/0")
+        workers.leader = gateway.pid
+        before = requests_counted(port)
+        chat = next(s for s in SCENARIOS if s.name == "chat")
+        workers.point, sampled = self.load(chat, "gateway", port, max(self.args.concurrency), gateway)
+        workers.metrics_counted = requests_counted(port) - before
+        workers.affinity = gateway.affinity()
+        # Only the processes that did the work: the workers, not the supervisor or spawn's resource tracker.
+        workers.ran_on = {pid: cores for pid, cores in sampled.ran_on.items() if pid in sampled.busy()}
+        workers.facts.rss_peak = sampled.rss_peak
+        self.stop(gateway)
+        self.stop(redis)
+
+    def timed(self, title: str, step: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        log(f"{title}:")
+        step()
+        self.run.phase_seconds.append((title, time.perf_counter() - started))
 
     def measure(self) -> Run:
         OUT_DIR.mkdir(exist_ok=True)
-        python = sys.executable
-        upstream_port = free_port()
-        log(f"fake upstream on :{upstream_port}")
+        phases = set(self.args.phases)
+        self.upstream_port = free_port()
+        log(f"fake upstream on :{self.upstream_port}")
         upstream = self.start(
-            "upstream", [python, "-m", "bench.upstream", f"--port={upstream_port}"], self.layout.upstream
+            "upstream", [sys.executable, "-m", "bench.upstream", f"--port={self.upstream_port}"], self.layout.upstream
         )
-        wait_ready(upstream, upstream_port, "/v1/models", READY_TIMEOUT_S)
+        wait_ready(upstream, self.upstream_port, "/v1/models", READY_TIMEOUT_S)
 
-        port = free_port()
-        config_path = OUT_DIR / "gateway.yaml"
-        config_path.write_text(yaml.safe_dump(gateway_config(port, upstream_port), sort_keys=False))
-        log(f"gateway on :{port}")
-        gateway = self.start(
-            "gateway",
-            [
-                python,
-                "-m",
-                "gateway",
-                "serve",
-                f"--config={config_path}",
-                "--host=127.0.0.1",
-                f"--port={port}",
-                "--workers=1",
-            ],
-            self.layout.proxy,
-        )
-        self.run.gateway.startup_s = wait_ready(gateway, port, "/readyz", READY_TIMEOUT_S)
-        self.run.gateway.rss_idle = gateway.rss_bytes()
-        for scenario in self.scenarios:
-            for concurrency in self.args.concurrency:
-                self.run.points.append(self.load(scenario, "direct", upstream_port, concurrency, None))
-                self.run.points.append(self.load(scenario, "gateway", port, concurrency, gateway))
+        gateway, port = self.start_gateway(1, self.run.gateway)
+        steps = [
+            ("closed", "closed loop", lambda: self.closed_loop(gateway, port)),
+            ("open", "open loop", lambda: self.open_loop(gateway, port)),
+            ("long", "long streams", lambda: self.long_streams(gateway, port)),
+        ]
+        for phase, title, step in steps:
+            if phase in phases:
+                self.timed(title, step)
         self.stop(gateway)
+        if "workers" in phases:
+            self.timed("two workers", self.several_workers)
 
         litellm_scenarios = [s for s in self.scenarios if s.litellm]
-        executable = find_litellm(self.args.litellm)
+        executable = find_litellm(self.args.litellm if "litellm" in phases else "off")
         if executable is None:
             self.run.litellm.skipped = (
-                "turned off" if self.args.litellm == "off" else "not installed (pip install -e '.[bench]')"
+                "turned off"
+                if self.args.litellm == "off" or "litellm" not in phases
+                else "not installed (pip install -e '.[bench]')"
             )
-        elif litellm_scenarios:
-            self.measure_litellm(executable, upstream_port, litellm_scenarios)
+        elif litellm_scenarios and "closed" in phases:
+            self.timed("LiteLLM", lambda: self.measure_litellm(executable, litellm_scenarios))
         return self.run
 
-    def measure_litellm(self, executable: str, upstream_port: int, scenarios: list[Scenario]) -> None:
+    def measure_litellm(self, executable: str, scenarios: list[Scenario]) -> None:
         port = free_port()
         config_path = OUT_DIR / "litellm.yaml"
-        config_path.write_text(yaml.safe_dump(litellm_config(upstream_port), sort_keys=False))
-        env = {
-            **os.environ,
-            "LITELLM_LOG": "ERROR",
-            "LITELLM_MODE": "PRODUCTION",
-            # No network here: use the bundled model price map instead of fetching it.
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        }
+        config_path.write_text(yaml.safe_dump(litellm_config(self.upstream_port), sort_keys=False))
         self.run.settings.append(("LiteLLM", f"{litellm_version(executable)} proxy, {LITELLM_SETTINGS}"))
         log(f"LiteLLM proxy on :{port}")
         litellm = self.start(
             "litellm",
             [executable, f"--config={config_path}", "--host=127.0.0.1", f"--port={port}", "--num_workers=1"],
             self.layout.proxy,
-            env=env,
+            env=litellm_env(),
         )
         try:
             self.run.litellm.startup_s = wait_ready(litellm, port, "/health/liveliness", LITELLM_READY_TIMEOUT_S)
@@ -292,59 +325,11 @@ class Bench:
         self.run.litellm.rss_idle = litellm.rss_bytes()
         for scenario in scenarios:
             for concurrency in self.args.concurrency:
-                self.run.points.append(self.load(scenario, "litellm", port, concurrency, litellm))
+                point, sampled = self.load(scenario, "litellm", port, concurrency, litellm)
+                self.run.points.append(point)
+                self.run.litellm.rss_peak = max(self.run.litellm.rss_peak, sampled.rss_peak)
         self.stop(litellm)
 
 
 def log(message: str, end: str = "\n") -> None:
     print(message, end=end, file=sys.stderr, flush=True)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few seconds, tiny request counts: checks it all works")
-    parser.add_argument("--concurrency", type=lambda v: [int(c) for c in v.split(",")], help="e.g. 1,16,64")
-    parser.add_argument("--warmup", type=float, help="seconds per point before measuring")
-    parser.add_argument("--duration", type=float, help="measured seconds per point")
-    parser.add_argument("--scenarios", type=lambda v: v.split(","), help="comma-separated subset")
-    parser.add_argument("--litellm", help="auto (default; off with --smoke), off, or the litellm executable's path")
-    parser.add_argument("--output", type=Path, help="also write the Markdown report to this file")
-    args = parser.parse_args(argv)
-    smoke = args.smoke
-    args.concurrency = args.concurrency or ([1, 4] if smoke else [1, 16, 64])
-    args.warmup = args.warmup if args.warmup is not None else (0.1 if smoke else 0.5)
-    args.duration = args.duration if args.duration is not None else (0.3 if smoke else 3.0)
-    args.litellm = args.litellm or ("off" if smoke else "auto")
-    known = {s.name for s in SCENARIOS}
-    unknown = set(args.scenarios or ()) - known
-    if unknown:
-        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    bench = Bench(args)
-    try:
-        run = bench.measure()
-    except RuntimeError as exc:
-        log(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted; stopping everything started")
-        return 130
-    finally:
-        bench.stop_all()
-    report = render(run)
-    sys.stdout.write(report)
-    if args.output:
-        args.output.write_text(report)
-    if run.errors:
-        log(f"{run.errors} request(s) failed; see the Errors section")
-        return 1
-    return 0

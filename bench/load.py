@@ -1,95 +1,54 @@
-"""The load generator: closed-loop HTTP/1.1 clients on uvloop, one JSON result on stdout.
+"""The closed-loop load generator: C keep-alive clients on uvloop, one JSON result on stdout.
 
 Run as ``python -m bench.load --scenario NAME --target KIND --port N --concurrency C``.
 
 Each of ``C`` keep-alive connections sends a request, waits for the whole
-response, checks it, and sends the next. Requests are built once as bytes and
-responses parsed by httptools (llhttp, in C), so a request costs the client a
-few microseconds: well under what the servers it measures spend.
+response, checks it, and sends the next. At ``C=1`` this is the sequential
+probe: one connection, one request at a time, so a request's time is the
+server's own time per request with no queueing in it.
+
+Besides latency percentiles over the measured window it reports totals over
+the whole run (warm-up included), which the harness divides the proxy's CPU
+time by: HTTP requests sent, and server-sent events received.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import resource
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import httptools
 import orjson
 import uvloop
 
-from bench.scenarios import DONE, TARGETS, Step, Target, scenario_named
+from bench.client import (
+    ResponseError,
+    announce_start,
+    check,
+    connect,
+    cpu_seconds,
+    percentiles_ms,
+    raise_fd_limit,
+)
+from bench.scenarios import TARGETS, Step, Target, scenario_named
 
 GRACE_S = 10.0
-
-
-class ResponseError(Exception):
-    """A response that is not the scenario's correct answer."""
-
-
-class Connection(asyncio.Protocol):
-    """One keep-alive client connection with at most one request in flight."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[int] | None = None
-        self.body = bytearray()
-        self.first_body_at = 0.0
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("the server closed the connection"))
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_exception(ResponseError(f"unparsable response: {exc}"))
-            assert self.transport is not None
-            self.transport.close()
-
-    def on_body(self, body: bytes) -> None:
-        if not self.first_body_at:
-            self.first_body_at = time.perf_counter()
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(self.parser.get_status_code())
-
-    async def send(self, request: bytes) -> int:
-        """Write one request; return the status once the whole response is in."""
-        assert self.transport is not None
-        self.body = bytearray()
-        self.first_body_at = 0.0
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await self.waiter
+EVENT = b"data: "
 
 
 @dataclass(slots=True)
 class Tally:
     latencies: list[float] = field(default_factory=list)
     ttfbs: list[float] = field(default_factory=list)
+    first_contents: list[float] = field(default_factory=list)
     errors: int = 0
     first_error: str | None = None
+    sent: int = 0
+    completed: int = 0
+    events: int = 0
 
     def error(self, message: str) -> None:
         self.errors += 1
@@ -97,71 +56,57 @@ class Tally:
             self.first_error = message
 
 
-def _check(step: Step, status: int, body: bytearray) -> None:
-    if status != 200:
-        raise ResponseError(f"HTTP {status}: {bytes(body[:300])!r}")
-    if step.expect not in body:
-        raise ResponseError(f"response lacks {step.expect!r}: {bytes(body[:300])!r}")
-    if step.stream and not body.endswith(DONE):
-        raise ResponseError(f"stream does not end with [DONE]: {bytes(body[-300:])!r}")
-
-
-async def _connect(host: str, port: int) -> Connection:
-    _, connection = await asyncio.get_running_loop().create_connection(Connection, host, port)
-    return connection
-
-
 async def _client(
     host: str, port: int, requests: list[tuple[Step, bytes]], measure_from: float, end: float, tally: Tally
 ) -> None:
-    connection = await _connect(host, port)
+    connection = await connect(host, port)
+    last = len(requests) - 1
     try:
         while True:
             started = time.perf_counter()
             if started >= end:
                 return
-            first_byte = 0.0
+            first_byte = first_content = 0.0
             try:
                 if connection.closed:
-                    connection = await _connect(host, port)
-                for step, request in requests:
-                    status = await connection.send(request)
-                    _check(step, status, connection.body)
+                    connection = await connect(host, port)
+                for index, (step, request) in enumerate(requests):
+                    tally.sent += 1
+                    watch = step.expect if step.stream and index == last else b""
+                    status = await connection.send(request, watch)
+                    check(step, status, connection.body)
+                    if step.stream:
+                        tally.events += connection.body.count(EVENT)
                     first_byte = first_byte or connection.first_body_at
+                    first_content = connection.watch_at
             except (ResponseError, ConnectionError, OSError) as exc:
                 tally.error(f"{type(exc).__name__}: {exc}")
-                if connection.transport is not None:
-                    connection.transport.close()
-                connection.closed = True
+                connection.close()
                 await asyncio.sleep(0.01)
                 continue
+            tally.completed += 1
             if started >= measure_from:
                 done = time.perf_counter()
                 tally.latencies.append(done - started)
                 tally.ttfbs.append(first_byte - started)
+                if first_content:
+                    tally.first_contents.append(first_content - started)
     finally:
-        if connection.transport is not None:
-            connection.transport.close()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    if not values:
-        return float("nan")
-    rank = max(0, min(len(values) - 1, math.ceil(fraction * len(values)) - 1))
-    return values[rank]
+        connection.close()
 
 
 def summarize(tally: Tally, window_s: float, cpu_share: float) -> dict[str, Any]:
-    latencies = sorted(tally.latencies)
-    ttfbs = sorted(tally.ttfbs)
     return {
-        "requests": len(latencies),
+        "requests": len(tally.latencies),
         "errors": tally.errors,
         "first_error": tally.first_error,
-        "rps": len(latencies) / window_s if window_s > 0 else 0.0,
-        "latency_ms": {f"p{p}": percentile(latencies, p / 100) * 1000 for p in (50, 90, 99)},
-        "ttfb_ms": {f"p{p}": percentile(ttfbs, p / 100) * 1000 for p in (50, 90, 99)},
+        "rps": len(tally.latencies) / window_s if window_s > 0 else 0.0,
+        "latency_ms": percentiles_ms(tally.latencies),
+        "ttfb_ms": percentiles_ms(tally.ttfbs),
+        "first_content_ms": percentiles_ms(tally.first_contents),
+        "sent": tally.sent,
+        "completed": tally.completed,
+        "events": tally.events,
         "load_cpu": cpu_share,
     }
 
@@ -175,10 +120,8 @@ async def run(
     now = time.perf_counter()
     measure_from = now + warmup_s
     end = measure_from + duration_s
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    # Tells the harness the load starts now, so it can time the proxy's CPU over the run alone.
-    sys.stdout.buffer.write(b"go\n")
-    sys.stdout.flush()
+    cpu_before = cpu_seconds()
+    announce_start()
     tasks = [asyncio.create_task(_client(host, port, requests, measure_from, end, tally)) for _ in range(concurrency)]
     done, pending = await asyncio.wait(tasks, timeout=warmup_s + duration_s + GRACE_S)
     for task in pending:
@@ -188,9 +131,7 @@ async def run(
     for task in done:
         if task.exception() is not None:
             tally.error(f"client failed: {task.exception()!r}")
-    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_s = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
-    return summarize(tally, duration_s, cpu_s / (time.perf_counter() - now))
+    return summarize(tally, duration_s, (cpu_seconds() - cpu_before) / (time.perf_counter() - now))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds run but not measured")
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds")
     args = parser.parse_args(argv)
+    raise_fd_limit(args.concurrency + 256)
     result = uvloop.run(
         run(args.scenario, args.target, args.host, args.port, args.concurrency, args.warmup, args.duration)
     )

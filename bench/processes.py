@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -54,8 +55,22 @@ class CpuLayout:
 
         return (
             f"proxy under test (gateway or LiteLLM, one worker) on core {cores(self.proxy)}; "
-            f"fake upstream on core {cores(self.upstream)}; load generator on core {cores(self.load)}"
+            f"fake upstream on core {cores(self.upstream)}; load generator on core {cores(self.load)}; "
+            "the gateway with several workers is not pinned"
         )
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, all processes) since boot, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds this process and its reaped descendants have used."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def pin_to(cores: frozenset[int] | None) -> Callable[[], None] | None:
@@ -102,7 +117,7 @@ class Child:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def _members(self) -> list[int]:
+    def members(self) -> list[int]:
         """Pids in this child's session (the child, and any workers it forked)."""
         members = []
         for entry in os.listdir("/proc"):
@@ -120,7 +135,7 @@ class Child:
     def rss_bytes(self) -> int:
         """Resident memory of the whole session, from each process's VmRSS."""
         total = 0
-        for pid in self._members():
+        for pid in self.members():
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
@@ -130,16 +145,39 @@ class Child:
                 continue
         return total
 
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time the whole session has used so far."""
-        ticks = 0
-        for pid in self._members():
+    def cpu_by_pid(self) -> dict[int, float]:
+        """User plus system CPU seconds each process of the session has used so far."""
+        used = {}
+        for pid in self.members():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return used
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the whole session has used so far."""
+        return sum(self.cpu_by_pid().values())
+
+    def processors(self) -> dict[int, int]:
+        """The core each process of the session last ran on (``processor`` in /proc/PID/stat)."""
+        seen = {}
+        for pid in self.members():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            seen[pid] = int(fields[36])
+        return seen
+
+    def affinity(self) -> dict[int, frozenset[int]]:
+        """The cores each process of the session may run on."""
+        allowed = {}
+        for pid in self.members():
+            with contextlib.suppress(OSError):
+                allowed[pid] = frozenset(os.sched_getaffinity(pid))
+        return allowed
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -28,6 +28,27 @@ TOOL_RESULT = "ping"
 TOOL_PROMPT = "Call bench_echo with the text ping."
 PLAIN_PROMPT = "Say hello."
 
+# A user message of this form asks the fake upstream for a streamed answer of ``chunks``
+# content events, ``interval_ms`` apart (0: all at once), instead of its usual short one.
+STREAM_PROMPT_PREFIX = "bench-stream"
+
+
+def stream_prompt(chunks: int, interval_ms: float = 0) -> str:
+    return f"{STREAM_PROMPT_PREFIX} chunks={chunks} interval_ms={interval_ms:g}"
+
+
+def parse_stream_prompt(text: object) -> tuple[int, float] | None:
+    """``(chunks, interval_ms)`` from a :func:`stream_prompt`, or None for any other text."""
+    if not isinstance(text, str) or not text.startswith(STREAM_PROMPT_PREFIX):
+        return None
+    try:
+        fields = dict(part.split("=", 1) for part in text.split()[1:])
+        chunks, interval_ms = int(fields["chunks"]), float(fields["interval_ms"])
+    except (KeyError, ValueError):
+        return None
+    return (chunks, interval_ms) if 1 <= chunks <= 100_000 and 0 <= interval_ms <= 60_000 else None
+
+
 # Distinct first tokens: a reply that carries one proves which branch answered.
 ANSWER_MARKER = "Hello"
 AFTER_TOOL_MARKER = "[after-tool]"
@@ -72,6 +93,10 @@ class Scenario:
     tool_round: bool
     offers_tools: bool
     litellm: bool
+    # Content events in the answer; 0 for the upstream's usual short answer.
+    chunks: int = 0
+    # Run only at concurrency 1, as part of the sequential probe.
+    probe_only: bool = False
 
     def steps(self, target: Target) -> list[Step]:
         """The requests one measured "request" makes against ``target``.
@@ -80,7 +105,7 @@ class Scenario:
         the (instant) tool, ask again; that is the "tool + upstream time" baseline.
         """
         model = TOOLS_MODEL if target == "gateway" and (self.tool_round or self.offers_tools) else PLAIN_MODEL
-        prompt = TOOL_PROMPT if self.tool_round else PLAIN_PROMPT
+        prompt = TOOL_PROMPT if self.tool_round else stream_prompt(self.chunks) if self.chunks else PLAIN_PROMPT
         first: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
         final_marker = (AFTER_TOOL_MARKER if self.tool_round else ANSWER_MARKER).encode()
         if target != "direct" or not self.tool_round:
@@ -105,6 +130,8 @@ class Scenario:
             body["stream_options"] = {"include_usage": True}
         return body
 
+
+LONG_ANSWER_CHUNKS = 200
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("chat", "non-streaming, no tools", stream=False, tool_round=False, offers_tools=False, litellm=True),
@@ -133,7 +160,47 @@ SCENARIOS: tuple[Scenario, ...] = (
         offers_tools=True,
         litellm=False,
     ),
+    Scenario(
+        "tools-offered-stream",
+        "streaming, server tools offered, none called",
+        stream=True,
+        tool_round=False,
+        offers_tools=True,
+        litellm=False,
+        probe_only=True,
+    ),
+    Scenario(
+        f"stream-{LONG_ANSWER_CHUNKS}",
+        f"streaming, no tools, {LONG_ANSWER_CHUNKS} content chunks sent at once",
+        stream=True,
+        tool_round=False,
+        offers_tools=False,
+        litellm=False,
+        chunks=LONG_ANSWER_CHUNKS,
+        probe_only=True,
+    ),
+    Scenario(
+        f"stream-{LONG_ANSWER_CHUNKS}-tools",
+        f"streaming, server tools offered, none called, {LONG_ANSWER_CHUNKS} content chunks sent at once",
+        stream=True,
+        tool_round=False,
+        offers_tools=True,
+        litellm=False,
+        chunks=LONG_ANSWER_CHUNKS,
+        probe_only=True,
+    ),
 )
+
+
+def paced_stream_step(chunks: int, interval_ms: float) -> Step:
+    """One streamed request, no tools, for an answer of ``chunks`` content chunks ``interval_ms`` apart."""
+    body = {
+        "model": PLAIN_MODEL,
+        "messages": [{"role": "user", "content": stream_prompt(chunks, interval_ms)}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return Step(body, ANSWER_MARKER.encode(), stream=True)
 
 
 def scenario_named(name: str) -> Scenario:

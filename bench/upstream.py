@@ -7,6 +7,11 @@ reply is built once at import; a request costs one ``orjson.loads`` (to tell a
 tool-calling turn from a plain one) and a few ``write`` calls. Streams are
 written one event per write, as a real server flushes tokens, so a reader sees
 separate chunks rather than one buffer.
+
+A user message built by ``bench.scenarios.stream_prompt`` asks for a long
+answer of N content chunks, written at once or paced ``interval_ms`` apart on
+the event loop's clock (each chunk is due at start + k * interval, so the pace
+does not drift), as a model generating tokens would.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 import httptools
@@ -29,6 +35,7 @@ from bench.scenarios import (
     TOOL_CALL_ID,
     TOOL_NAME,
     TOOL_PROMPT,
+    parse_stream_prompt,
 )
 
 CREATED = 1_700_000_000
@@ -84,6 +91,8 @@ class Replies:
         # Each kind of turn has its own id, as real servers do; the gateway must
         # then rewrite the second round's chunks to keep one id per client stream.
         answer_id, tool_id, after_id = "chatcmpl-bench-answer", "chatcmpl-bench-tool", "chatcmpl-bench-after"
+        self.model = model
+        self._long: dict[int, list[bytes]] = {}
         call = {"id": TOOL_CALL_ID, "type": "function", "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}}
         self.answer = _completion(answer_id, model, {"role": "assistant", "content": "".join(ANSWER_TOKENS)}, "stop")
         self.after_tool = _completion(
@@ -108,6 +117,16 @@ class Replies:
             "after": _http_chunk(_chunk(after_id, model, None)),
             "tool": _http_chunk(_chunk(tool_id, model, None)),
         }
+
+    def long_stream(self, chunks: int) -> list[bytes]:
+        """The answer as ``chunks`` content events (then finish, usage, [DONE]), built once per length."""
+        events = self._long.get(chunks)
+        if events is None:
+            tokens = [ANSWER_MARKER] + [f" t{k}" for k in range(1, chunks)]
+            events = self._text_stream("chatcmpl-bench-long", self.model, tokens)
+            if len(self._long) < 16:
+                self._long[chunks] = events
+        return events
 
     @staticmethod
     def _text_stream(reply_id: str, model: str, tokens: list[str]) -> list[bytes]:
@@ -145,6 +164,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.body: list[bytes] = []
+        self.pacing = False
+        self.keep_alive = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -173,13 +194,14 @@ class UpstreamProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self.transport is not None
         path = self.url.split(b"?", 1)[0]
+        self.keep_alive = self.parser.should_keep_alive()
         if path.endswith(b"/models"):
             self.transport.write(MODELS)
         elif path.endswith(b"/chat/completions"):
             self._chat()
         else:
             self.transport.write(NOT_FOUND)
-        if not self.parser.should_keep_alive():
+        if not self.keep_alive and not self.pacing:
             self.transport.close()
 
     def _chat(self) -> None:
@@ -199,6 +221,10 @@ class UpstreamProtocol(asyncio.Protocol):
             replies = Replies(model) if len(self.replies) < 64 else Replies("bench-plain")
             self.replies[model] = replies
         turn = _turn(body)
+        long = parse_stream_prompt(_last_user_text(body)) if turn == "answer" and body.get("stream") else None
+        if long is not None:
+            self._long_stream(replies, *long, usage=bool((body.get("stream_options") or {}).get("include_usage")))
+            return
         if not body.get("stream"):
             whole = {"answer": replies.answer, "after": replies.after_tool, "tool": replies.tool_call}[turn]
             self.transport.write(whole)
@@ -210,6 +236,68 @@ class UpstreamProtocol(asyncio.Protocol):
         if (body.get("stream_options") or {}).get("include_usage"):
             self.transport.write(replies.usage_chunk[turn])
         self.transport.write(Replies.STREAM_END)
+
+    def _long_stream(self, replies: Replies, chunks: int, interval_ms: float, *, usage: bool) -> None:
+        assert self.transport is not None
+        events = replies.long_stream(chunks)
+        # The role event leads; then the content events, then the finish event.
+        role, content, finish = events[0], events[1:-1], events[-1]
+        tail = [finish, replies.usage_chunk["answer"]] if usage else [finish]
+        self.transport.write(Replies.STREAM_HEAD)
+        self.transport.write(role)
+        if interval_ms <= 0:
+            for event in content:
+                self.transport.write(event)
+            self._finish(tail)
+            return
+        loop = asyncio.get_running_loop()
+        self.pacing = True
+        Pacer(loop, self.transport, content, tail, self._finish, interval_ms / 1000).step()
+
+    def _finish(self, tail: list[bytes]) -> None:
+        assert self.transport is not None
+        for event in tail:
+            self.transport.write(event)
+        self.transport.write(Replies.STREAM_END)
+        self.pacing = False
+        if not self.keep_alive:
+            self.transport.close()
+
+
+class Pacer:
+    """Writes one stream's content events on schedule, one timer at a time, then its tail."""
+
+    __slots__ = ("events", "finish", "interval", "loop", "sent", "start", "tail", "transport")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.Transport,
+        events: list[bytes],
+        tail: list[bytes],
+        finish: Callable[[list[bytes]], None],
+        interval_s: float,
+    ) -> None:
+        self.loop, self.transport, self.events, self.tail = loop, transport, events, tail
+        self.finish, self.interval = finish, interval_s
+        self.start = loop.time()
+        self.sent = 0
+
+    def step(self) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(self.events[self.sent])
+        self.sent += 1
+        if self.sent == len(self.events):
+            self.finish(self.tail)
+            return
+        self.loop.call_at(self.start + self.sent * self.interval, self.step)
+
+
+def _last_user_text(body: dict[str, Any]) -> object:
+    messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    return last.get("content") if last.get("role") == "user" else None
 
 
 async def serve(host: str, port: int) -> None:

@@ -7,38 +7,66 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from gateway import metrics
 from gateway.auth import Authenticator
-from gateway.chat import ChatService
+from gateway.chat import ChatService, serve_chat
 from gateway.config import GatewayConfig
-from gateway.continuations import MemoryContinuationStore
-from gateway.errors import GatewayError, error_body, handle_gateway_error, json_response
+from gateway.connections import DRAIN_STATE_KEY
+from gateway.continuations import ContinuationStore, MemoryContinuationStore
+from gateway.errors import GatewayError, MethodNotAllowed, error_body, handle_gateway_error, json_response
+from gateway.event_stream import EventStreamResponse
 from gateway.loop import LoopServices
 from gateway.metrics import Labels
+from gateway.policy import OPEN_POLICY, REFUSAL_REASONS, RateLimiter
+from gateway.redaction import Redactor
+from gateway.redis_continuations import RedisContinuationStore, redis_client
 from gateway.routes import router
 from gateway.routing import Router
 from gateway.state import GatewayState
 from gateway.tools.executor import ToolExecutor
-from gateway.tools.mcp import McpSources
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import Upstream, close_all
 
+if TYPE_CHECKING:
+    from gateway.tools.mcp import McpSources
+
 log = logging.getLogger("gateway")
+
+CHAT_PATH = "/v1/chat/completions"
 
 
 def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayState:
     """Everything that does not need a running event loop; raises ToolLoadError on a broken tool."""
     registry = ToolRegistry.from_config(config.tools, base_dir=base_dir, max_threads=config.loop.max_global_calls)
-    upstreams = {u.name: Upstream(u) for u in config.upstreams}
+    redactor = Redactor.from_config(config)
+    upstreams = {u.name: Upstream(u, redactor=redactor) for u in config.upstreams}
     models = [m for u in config.upstreams for m in (*u.models, *u.model_map)]
     labels = Labels(models, registry.names())
     loop = config.loop
+    state_client = redis_client(config.state) if config.state.backend == "redis" else None
+    continuations: ContinuationStore
+    if state_client is not None:
+        continuations = RedisContinuationStore(
+            state_client,
+            config.state,
+            loop.continuation_ttl_s,
+            loop.continuation_max_entries,
+            loop.continuation_max_bytes,
+        )
+    else:
+        continuations = MemoryContinuationStore(
+            loop.continuation_ttl_s, loop.continuation_max_entries, loop.continuation_max_bytes
+        )
     services = LoopServices(
         registry=registry,
         executor=ToolExecutor(
@@ -49,20 +77,38 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
             default_timeout_s=loop.default_timeout_s,
             max_result_chars=loop.max_result_chars,
         ),
-        continuations=MemoryContinuationStore(loop.continuation_ttl_s),
+        continuations=continuations,
         config=loop,
         labels=labels,
     )
+    # Every key's refusal series exists from the start, so dashboards see zeros, not gaps.
+    for name in [k.name for k in config.auth.api_keys] or [OPEN_POLICY.name]:
+        for reason in REFUSAL_REASONS:
+            metrics.POLICY_REFUSALS.labels(name, reason)
     chat = ChatService(
         router=Router(config, upstreams),
         authenticator=Authenticator(config.auth),
+        limiter=RateLimiter(config.state),
         services=services,
         max_body_bytes=config.server.max_body_bytes,
         keepalive_interval_s=config.server.keepalive_interval_s,
+        body_timeout_s=config.server.body_timeout_s,
+        max_model_chars=config.server.max_model_chars,
     )
-    mcp = McpSources(config.tools.mcp_servers, registry, labels.tools)
+    mcp: McpSources | None = None
+    if config.tools.mcp_servers:
+        # The MCP SDK is the heaviest import (about 1 s and 15 MB); a gateway without MCP servers never loads it.
+        from gateway.tools import mcp as mcp_sources
+
+        mcp = mcp_sources.McpSources(config.tools.mcp_servers, registry, labels.tools)
     return GatewayState(
-        config=config, upstreams=upstreams, registry=registry, chat=chat, tool_sources=mcp.status, mcp=mcp
+        config=config,
+        upstreams=upstreams,
+        registry=registry,
+        chat=chat,
+        tool_sources=mcp.status if mcp is not None else {},
+        mcp=mcp,
+        state_client=state_client,
     )
 
 
@@ -81,7 +127,41 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return json_response(error_body("The gateway failed to handle the request.", "server_error"), 500)
 
 
-def create_app(config: GatewayConfig, base_dir: Path | None = None) -> FastAPI:
+class GatewayApp:
+    """The ASGI app: chat completions served directly, everything else through FastAPI.
+
+    The chat route is the hot path. FastAPI's middleware, routing and dependency
+    layers cost about as much CPU as the gateway's own work per request, and the
+    route needs none of them: it parses its own body and renders its own errors
+    through the same handler FastAPI would use.
+    """
+
+    def __init__(self, api: FastAPI, chat: ChatService) -> None:
+        self.api = api
+        self.chat = chat
+
+    @property
+    def state(self) -> State:
+        return self.api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != CHAT_PATH:
+            await self.api(scope, receive, send)
+            return
+        request = Request(scope, receive, send)
+        response: Response | EventStreamResponse
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed on {CHAT_PATH}; use POST.")
+            response = await serve_chat(self.chat, request)
+        except GatewayError as exc:
+            response = await handle_gateway_error(request, exc)
+        except Exception as exc:
+            response = await _unexpected_error(request, exc)
+        await response(scope, receive, send)
+
+
+def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayApp:
     state = build_state(config, base_dir)
 
     @asynccontextmanager
@@ -93,11 +173,14 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         try:
-            yield
+            # Lifespan state reaches the server's protocol, which marks the app draining on shutdown.
+            yield {DRAIN_STATE_KEY: state}  # type: ignore[misc]
         finally:
             if state.mcp is not None:
                 await state.mcp.close()
             await close_all(state.upstreams)
+            if state.state_client is not None:
+                await state.state_client.aclose()
             state.registry.close()
 
     app = FastAPI(title="LLM tool gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -107,4 +190,4 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return app
+    return GatewayApp(app, state.chat)

@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway import metrics
 from gateway.auth import Authenticator
-from gateway.errors import BodyTooLarge, GatewayError, InvalidRequest, error_body, json_response
-from gateway.loop import Chunk, Completion, Event, LoopServices, LoopStats, ToolFinished, ToolLoop, ToolStarted
+from gateway.chunks import Chunk
+from gateway.errors import (
+    BodyTooLarge,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    RequestTimeout,
+    UpstreamUnavailable,
+    error_body,
+    json_response,
+)
+from gateway.event_stream import EventStreamResponse, until_disconnected
+from gateway.jsoncodec import JsonEncodeError
+from gateway.loop import (
+    ChunkBatch,
+    Completion,
+    Event,
+    LoopServices,
+    LoopStats,
+    ToolFinished,
+    ToolLoop,
+    ToolStarted,
+)
+from gateway.policy import OPEN_POLICY, RateLimiter
 from gateway.protocol import parse_chat_request
-from gateway.routing import Router
+from gateway.request_record import RequestRecord
+from gateway.routing import Router, not_found_message
 from gateway.sse import DONE, encode_comment, encode_data, encode_raw
 from gateway.tools.base import ToolContext
 from gateway.upstream import forwardable_headers
@@ -27,78 +50,75 @@ from gateway.upstream import forwardable_headers
 log = logging.getLogger("gateway.request")
 
 TRACE_HEADER = "x-gateway-trace"
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class ChatService:
     router: Router
     authenticator: Authenticator
+    limiter: RateLimiter
     services: LoopServices
     max_body_bytes: int
     keepalive_interval_s: float
+    body_timeout_s: float = 30.0
+    max_model_chars: int = 256
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class ClientGone(Exception):
+    """The client closed its connection before the answer was ready."""
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"Request body is larger than the gateway's limit of {limit} bytes.")
     parts: list[bytes] = []
     size = 0
     try:
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise BodyTooLarge(f"Request body is larger than the gateway's limit of {limit} bytes.")
-            parts.append(part)
+        # A body trickled in byte by byte would hold a connection and its buffer forever.
+        async with asyncio.timeout(timeout_s):
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise BodyTooLarge(f"Request body is larger than the gateway's limit of {limit} bytes.")
+                parts.append(part)
     except ClientDisconnect as exc:
         raise InvalidRequest("The client closed the connection while sending the body.") from exc
+    except TimeoutError as exc:
+        metrics.CONNECTIONS_REFUSED.labels("body_timeout").inc()
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s.") from exc
     return b"".join(parts)
 
 
-class _RequestRecord:
-    """Times one request and writes its metrics and log line exactly once."""
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientGone.
 
-    def __init__(self, request_id: str, stream: bool) -> None:
-        self.request_id = request_id
-        self.stream = stream
-        self.model = "unknown"
-        self.started = time.perf_counter()
-        metrics.REQUESTS_IN_FLIGHT.inc()
+    Cancelling reaches everything the work started: the upstream call, running
+    tools (a sync tool's thread finishes, its result is dropped) and later rounds.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(until_disconnected(request.receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            if not watcher.cancelled() and watcher.done():
+                raise ClientGone("client disconnected")
+    return task.result()
 
-    def close(self, status: int, stats: LoopStats | None, labels: metrics.Labels, error: str | None = None) -> None:
-        duration = time.perf_counter() - self.started
-        metrics.REQUESTS_IN_FLIGHT.dec()
-        model = labels.model(self.model)
-        stream = "true" if self.stream else "false"
-        metrics.REQUESTS.labels(model, stream, str(status)).inc()
-        metrics.REQUEST_DURATION.labels(model, stream).observe(duration)
-        fields: dict[str, Any] = {
-            "event": "request",
-            "request_id": self.request_id,
-            "model": self.model,
-            "stream": self.stream,
-            "status": status,
-            "duration_ms": round(duration * 1000, 3),
-        }
-        if stats is not None:
-            waited = stats.upstream_wait_s + stats.tool_wait_s
-            metrics.OVERHEAD.labels(stream).observe(max(0.0, duration - waited))
-            metrics.TOOL_ROUNDS.observe(stats.rounds)
-            usage = stats.usage or {}
-            for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-                count = usage.get(key)
-                if isinstance(count, int):
-                    metrics.TOKEN_USAGE.labels(model, kind).observe(count)
-            fields.update(
-                upstream=stats.upstream,
-                rounds=stats.rounds,
-                tools_called=stats.tools_called,
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-            )
-        if error is not None:
-            fields["error"] = error
-        log.info("request", extra=fields)
+
+def _request_id(value: str | None) -> str:
+    """The client's id when it is a sane token (it is echoed and logged), else a new one."""
+    if value and len(value) <= 128 and value.isascii() and value.isprintable():
+        return value
+    return uuid.uuid4().hex
 
 
 def _response_headers(request_id: str, stats: LoopStats) -> dict[str, str]:
@@ -108,59 +128,114 @@ def _response_headers(request_id: str, stats: LoopStats) -> dict[str, str]:
     return headers
 
 
-async def serve_chat(service: ChatService, request: Request) -> Response:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+async def serve_chat(service: ChatService, request: Request) -> Response | EventStreamResponse:
+    request_id = _request_id(request.headers.get("x-request-id"))
     request.state.request_id = request_id
     labels = service.services.labels
-    record = _RequestRecord(request_id, stream=False)
+    record = RequestRecord(request_id, stream=False)
     stats: LoopStats | None = None
     try:
-        key_name = service.authenticator.key_name(request.headers)
-        body, chat = parse_chat_request(await read_body(request, service.max_body_bytes))
+        policy = service.authenticator.caller(request.headers)
+        record.key = policy.name
+        raw = await read_body(request, service.max_body_bytes, service.body_timeout_s)
+        body, chat = parse_chat_request(raw, service.max_model_chars)
         record.model = chat.model
         record.stream = bool(chat.stream)
+        if not policy.allows_model(chat.model):
+            # Exactly what an unknown model gets: a key does not learn what other keys may use.
+            raise ModelNotFound(not_found_message(chat.model), param="model")
         route = service.router.route(chat.model)
-        headers = forwardable_headers(request.headers)
+        record.admission = await service.limiter.admit(policy)
+        headers = forwardable_headers(request.headers.raw)
         headers["x-request-id"] = request_id
+        key_name = None if policy is OPEN_POLICY else policy.name
         context = ToolContext(request_id, key_name, time.monotonic() + service.services.config.deadline_s)
-        loop = ToolLoop(service.services, route, body, chat, context, headers)
+        loop = ToolLoop(service.services, route, body, chat, context, headers, policy)
         stats = loop.stats
         trace = request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes")
         events = loop.run()
         if not chat.stream:
-            completion = None
-            async for event in events:
-                if isinstance(event, Completion):
-                    completion = event.body
-            assert completion is not None
+            completion = await unless_client_leaves(request, _completion(events))
             if trace:
                 completion["x_gateway"] = {"rounds": stats.rounds, "tool_calls": stats.trace}
+            await record.admission.spend_tokens(stats.usage)
+            try:
+                response = json_response(
+                    completion, 200, {**_response_headers(request_id, stats), **record.admission.headers}
+                )
+            except JsonEncodeError as exc:
+                raise UpstreamUnavailable("The upstream's answer could not be re-encoded.", retryable=False) from exc
             record.close(200, stats, labels)
-            return json_response(completion, 200, _response_headers(request_id, stats))
+            return response
         # Pull the first event before answering: an upstream that fails before its
         # first byte is then an ordinary HTTP error, not an error inside a 200 stream.
-        first = await anext(events)
+        first = await unless_client_leaves(request, _first(events))
     except GatewayError as exc:
+        exc.headers = {**record.admission.headers, **exc.headers}
+        if stats is not None and stats.tools_called:
+            # A server tool has run: a client retry would run it again (the SDKs honour this header).
+            exc.headers["x-should-retry"] = "false"
         record.close(exc.status, stats, labels, exc.message)
         raise
-    except StopAsyncIteration:
-        first = None
+    except (ClientGone, asyncio.CancelledError) as exc:
+        # 499: the client went away (nginx's convention).
+        record.close(CLIENT_CLOSED, stats, labels, "client disconnected")
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return Response(status_code=CLIENT_CLOSED)
     except BaseException as exc:
-        # 499: the client went away (nginx's convention); anything else is the gateway's fault.
-        status = 499 if isinstance(exc, asyncio.CancelledError) else 500
-        record.close(status, stats, labels, f"{type(exc).__name__}: {exc}")
+        record.close(500, stats, labels, f"{type(exc).__name__}: {exc}")
         raise
     assert stats is not None
-    return EventSourceResponse(
-        _sse(events, first, trace, record, stats, labels),
-        headers={"x-request-id": request_id},
-        ping=service.keepalive_interval_s,
+    end = _StreamEnd(events, record, stats, labels)
+    return EventStreamResponse(
+        _sse(events, first, trace, stats, end),
+        headers={"x-request-id": request_id, **record.admission.headers},
+        ping_interval_s=service.keepalive_interval_s,
+        # A client gone before the stream began: the body never started, so its cleanup never runs.
+        on_close=end,
     )
+
+
+@dataclass(slots=True)
+class _StreamEnd:
+    """Ends a streamed request once, however it ends: its loop closed, its record written, its tokens counted."""
+
+    events: AsyncIterator[Event]
+    record: RequestRecord
+    stats: LoopStats
+    labels: metrics.Labels
+
+    async def __call__(self, status: int = CLIENT_CLOSED, error: str | None = "client disconnected") -> None:
+        if self.record.closed:
+            return
+        await self.events.aclose()  # type: ignore[attr-defined]
+        self.record.close(status, self.stats, self.labels, error)
+        await self.record.admission.spend_tokens(self.stats.usage)
+
+
+async def _completion(events: AsyncIterator[Event]) -> dict[str, Any]:
+    completion = None
+    async for event in events:
+        if isinstance(event, Completion):
+            completion = event.body
+    assert completion is not None
+    return completion
+
+
+async def _first(events: AsyncIterator[Event]) -> Event | None:
+    return await anext(events, None)
+
+
+def _encode_chunk(chunk: Chunk) -> bytes:
+    return encode_raw(chunk.raw) if chunk.raw is not None else encode_data(chunk.data)
 
 
 def _encode(event: Event, trace: bool) -> bytes | None:
     if isinstance(event, Chunk):
-        return encode_raw(event.raw) if event.raw is not None else encode_data(event.data)
+        return _encode_chunk(event)
+    if isinstance(event, ChunkBatch):
+        return b"".join(_encode_chunk(chunk) for chunk in event.chunks)
     if not trace:
         return None
     if isinstance(event, ToolStarted):
@@ -172,14 +247,10 @@ def _encode(event: Event, trace: bool) -> bytes | None:
 
 
 async def _sse(
-    events: AsyncIterator[Event],
-    first: Event | None,
-    trace: bool,
-    record: _RequestRecord,
-    stats: LoopStats,
-    labels: metrics.Labels,
+    events: AsyncIterator[Event], first: Event | None, trace: bool, stats: LoopStats, end: _StreamEnd
 ) -> AsyncIterator[bytes]:
     error: str | None = None
+    status = 200
     try:
         if first is not None:
             encoded = _encode(first, trace)
@@ -193,10 +264,15 @@ async def _sse(
         error = exc.message
         yield encode_data(exc.body())
     except Exception as exc:
-        log.exception("stream failed", extra={"request_id": record.request_id})
+        log.exception("stream failed", extra={"request_id": end.record.request_id})
         error = f"{type(exc).__name__}: {exc}"
         yield encode_data(error_body("The gateway failed while streaming the answer.", "server_error"))
+    except BaseException:
+        # Cancelled or closed from outside: the client left mid-stream.
+        status, error = CLIENT_CLOSED, "client disconnected"
+        raise
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
-        record.close(200, stats, labels, error)
+        await end(status, error)
+    # The round count is only known at the end: a comment every SSE parser skips.
+    yield encode_comment("gateway", {"tool_rounds": stats.rounds, "max_rounds_reached": stats.max_rounds_reached})
     yield DONE

@@ -8,12 +8,15 @@ import logging
 import os
 import sys
 import tempfile
+from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import orjson
 import yaml
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, masked
+from gateway.policy import KeyPolicy
 from gateway.tools.registry import ToolLoadError, ToolRegistry
 
 
@@ -42,8 +45,10 @@ def app_from_env() -> object:
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from gateway.app import create_app
+    from gateway.connections import GatewayServerConfig, limits_from
     from gateway.logs import configure_logging
 
     path = _config_path(args.config)
@@ -52,28 +57,84 @@ def serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     workers = args.workers or config.server.workers
     configure_logging(config.logging.level, config.logging.format)
-    options = {"host": host, "port": port, "log_config": None, "access_log": False, "timeout_graceful_shutdown": 30}
+    if workers > 1 and config.state.backend == "memory":
+        print(
+            f"error: {workers} workers need shared state: with state.backend 'memory' each worker keeps its own "
+            "mixed-turn continuations, and a follow-up landing on another worker loses its turn. "
+            "Set state.backend: redis (and state.redis_url).",
+            file=sys.stderr,
+        )
+        return 1
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        # In-flight requests and streams get this long to finish after SIGTERM.
+        "timeout_graceful_shutdown": config.server.shutdown_grace_s,
+    }
+    limits = limits_from(config.server)
     try:
         if workers == 1:
-            uvicorn.run(create_app(config, base_dir=Path.cwd()), **options)  # type: ignore[arg-type]
-            return 0
+            server = uvicorn.Server(GatewayServerConfig(create_app(config, base_dir=Path.cwd()), limits, **options))
+            server.run()
+            return 0 if server.started else 1
         # Workers are separate processes: metrics go through prometheus-client's
         # multiprocess files, which must be configured before any worker starts.
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
         os.environ["GATEWAY_CONFIG"] = str(Path(path).resolve())
         create_app(config, base_dir=Path.cwd())  # fail fast on broken tools, before forking workers
-        uvicorn.run("gateway.cli:app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        server_config = GatewayServerConfig(
+            "gateway.cli:app_from_env", limits, factory=True, workers=workers, **options
+        )
+        Multiprocess(server_config, sockets=[server_config.bind_socket()]).run()
     except ToolLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+def policy_problems(config: GatewayConfig, tool_names: list[str]) -> list[str]:
+    """Key patterns that can match nothing: a model no upstream serves, a tool nothing provides.
+
+    With a ``*`` upstream any model name may exist, so model patterns are checked only
+    against literal names when no upstream takes every model. MCP tools are known
+    only once connected, so a pattern under an MCP server's prefix counts as matching.
+    """
+    wildcard = any("*" in u.models for u in config.upstreams)
+    models = [m for u in config.upstreams for m in (*u.models, *u.model_map) if m != "*"]
+    prefixes = [s.tool_prefix for s in config.tools.mcp_servers]
+    problems = []
+    for key in config.auth.api_keys:
+        policy = KeyPolicy.from_config(key)
+        for pattern in key.models:
+            if not wildcard and not any(fnmatchcase(m, pattern) for m in models):
+                problems.append(f"auth.api_keys.{key.name}.models: {pattern!r} matches no configured model")
+        for pattern in key.tools:
+            known = any(fnmatchcase(t, pattern) for t in tool_names) or any(
+                p and (pattern.startswith(p) or fnmatchcase(p, pattern)) for p in prefixes
+            )
+            if pattern != "*" and not known:
+                problems.append(f"auth.api_keys.{policy.name}.tools: {pattern!r} matches no loaded tool")
+    return problems
 
 
 def check_config(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
+    try:
+        registry = ToolRegistry.from_config(config.tools, base_dir=Path.cwd())
+    except ToolLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    problems = policy_problems(config, registry.names())
+    registry.close()
     sys.stdout.write(yaml.safe_dump(masked(config), sort_keys=False))
-    return 0
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 async def _list_mcp_tools(config: GatewayConfig, registry: ToolRegistry) -> dict[str, str | None]:
@@ -100,10 +161,21 @@ def tools_list(args: argparse.Namespace) -> int:
     if config.tools.mcp_servers:
         for name, error in asyncio.run(_list_mcp_tools(config, registry)).items():
             print(f"warning: MCP server {name!r} is unavailable: {error or 'no answer yet'}", file=sys.stderr)
-    listing = [{**t.definition(), "x_source": t.source} for t in registry.enabled()]
+    allowed = _key_policy(config, args.key).allows_tool if args.key else None
+    listing = [
+        {**t.definition(), "x_source": t.source} for t in registry.enabled() if allowed is None or allowed(t.name)
+    ]
     sys.stdout.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode() + "\n")
     registry.close()
     return 0
+
+
+def _key_policy(config: GatewayConfig, name: str) -> KeyPolicy:
+    for key in config.auth.api_keys:
+        if key.name == name:
+            return KeyPolicy.from_config(key)
+    print(f"error: no API key named {name!r} in auth.api_keys", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools_commands = tools.add_subparsers(dest="tools_command", required=True)
     listing = tools_commands.add_parser("list", help="print the loaded tools' OpenAI definitions")
     listing.add_argument("--config")
+    listing.add_argument("--key", help="only the tools this API key (by name) may use")
     listing.set_defaults(handler=tools_list)
     return parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,15 @@ class ServerConfig(_Strict):
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     keepalive_interval_s: float = Field(15.0, gt=0, description="SSE comment interval while tools run")
+    max_connections: int = Field(
+        1000, ge=1, description="open client connections per worker; more are answered 503 and closed"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="deadline for a request's headers to arrive")
+    body_timeout_s: float = Field(30.0, gt=0, description="deadline for a request's body to arrive")
+    max_model_chars: int = Field(256, ge=1, description="longer model names are refused with 400")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long in-flight requests and streams may take to finish"
+    )
 
 
 class TimeoutConfig(_Strict):
@@ -93,13 +103,43 @@ class UpstreamConfig(_Strict):
         return self.model_map.get(model, model)
 
 
+class KeyLimits(_Strict):
+    """Per-key limits; an unset limit does not apply."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1, description="upstream usage, all rounds of a request")
+    max_concurrent: int | None = Field(None, ge=1, description="requests in flight, per gateway process")
+    max_rounds: int | None = Field(None, ge=1, description="tighter than loop.max_rounds, never looser")
+
+
 class ApiKey(_Strict):
+    """A gateway key and what it may do; a bare string in the config is all models, all tools, no limits."""
+
     name: str
-    key: str
+    key: str | None = Field(None, min_length=1)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="the key's digest instead")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="glob patterns over client model names")
+    tools: list[str] = Field(default_factory=lambda: ["*"], description="glob patterns over server tool names")
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("set exactly one of 'key' or 'key_sha256'")
+        return self
 
 
 class AuthConfig(_Strict):
     api_keys: list[ApiKey] = Field(default_factory=list)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_key_names(cls, value: list[ApiKey]) -> list[ApiKey]:
+        # Names scope stored state and label metrics: two keys sharing one would share both.
+        duplicates = _duplicates([k.name for k in value])
+        if duplicates:
+            raise ValueError(f"duplicate API key names: {', '.join(duplicates)}")
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -120,6 +160,8 @@ class LoopConfig(_Strict):
     default_timeout_s: float = Field(30.0, gt=0, description="per tool call, unless the tool sets one")
     max_result_chars: int = Field(16_000, ge=256)
     continuation_ttl_s: float = Field(900.0, gt=0)
+    continuation_max_entries: int = Field(1000, ge=1, description="stored mixed turns per API key")
+    continuation_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="stored mixed turns per API key")
 
 
 class McpServerConfig(_Strict):
@@ -167,13 +209,33 @@ class LoggingConfig(_Strict):
     format: Literal["json", "text"] = "json"
 
 
+class StateConfig(_Strict):
+    """Where state that outlives a request lives: this process, or Redis shared by every worker and replica."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "gateway:"
+    timeout_s: float = Field(0.5, gt=0, description="deadline of every Redis call")
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstreams: list[UpstreamConfig] = Field(min_length=1)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _shared_state_for_workers(self) -> GatewayConfig:
+        if self.server.workers > 1 and self.state.backend == "memory":
+            raise ValueError(
+                f"server.workers is {self.server.workers} but state.backend is 'memory': each worker would keep "
+                "its own mixed-turn continuations, and a follow-up landing on another worker would lose its "
+                "turn. Set state.backend: redis (with state.redis_url), or run one worker per replica."
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:
@@ -266,4 +328,8 @@ def masked(config: GatewayConfig) -> dict[str, Any]:
     for server in data["tools"]["mcp_servers"]:
         server["headers"] = {k: "***" for k in server["headers"]}
         server["env"] = {k: "***" for k in server["env"]}
+    url = urllib.parse.urlsplit(data["state"]["redis_url"])
+    if url.password:
+        netloc = url.netloc.replace(f":{url.password}@", ":***@", 1)
+        data["state"]["redis_url"] = urllib.parse.urlunsplit(url._replace(netloc=netloc))
     return mask(data)  # type: ignore[no-any-return]

@@ -3,7 +3,8 @@
 The rules, each from a real server (see UPSTREAMS.md):
 - ``index`` alone does not identify a call: older Ollama sends parallel calls all at
   index 0 with different ids, so a new non-empty id at an occupied index starts a call.
-- ``index`` may be missing (Gemini, old Ollama): match by id if there is one, else start a call.
+- ``index`` may be missing (Gemini, old Ollama): match by id if there is one; without an id,
+  a new name starts a call and bare argument text continues the open one.
 - continuation fragments may repeat the id (Together), or carry ``null``, ``""`` or the
   string ``"null"`` as id and name (SGLang, Mistral relays): none of these start a call.
 - a name may be re-sent longer as parsing proceeds (llama.cpp): replace, never append.
@@ -53,6 +54,29 @@ class ToolCall:
     def as_message_part(self) -> dict[str, Any]:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
+    def as_history_part(self) -> dict[str, Any]:
+        """The call as sent back upstream in the history: arguments always valid JSON.
+
+        Chat templates (llama.cpp, vLLM, Mistral) parse history arguments and fail the
+        whole request on broken JSON; the model learns what was wrong from the tool
+        result, which quotes the arguments it sent.
+        """
+        if self.arguments_are_json():
+            return self.as_message_part()
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": "{}"}}
+
+    def arguments_are_json(self) -> bool:
+        if not self.arguments.strip():
+            return False
+        try:
+            orjson.loads(self.arguments)
+        except orjson.JSONDecodeError:
+            return False
+        return True
+
+    def with_id(self, call_id: str) -> ToolCall:
+        return ToolCall(call_id, self.name, self.arguments)
+
 
 class ToolCallAssembler:
     """Feed it ``delta.tool_calls`` lists in arrival order; ``calls()`` gives the result."""
@@ -84,8 +108,7 @@ class ToolCallAssembler:
         index = index if isinstance(index, int) and not isinstance(index, bool) else None
         call_id = _meaningful(delta.get("id"))
         if index is None:
-            known = self._by_id.get(call_id) if call_id else None
-            call = known if known is not None else self._start(None)
+            call = self._match_unindexed(delta, call_id)
         else:
             current = self._by_index.get(index)
             if current is None or (call_id and current.id and call_id != current.id):
@@ -106,6 +129,20 @@ class ToolCallAssembler:
             elif isinstance(arguments, dict):
                 # A few servers send the object itself; a whole object replaces fragments.
                 call.argument_parts = [orjson.dumps(arguments).decode()]
+
+    def _match_unindexed(self, delta: dict[str, Any], call_id: str | None) -> PartialCall:
+        """A delta without ``index``: by id when it has one; else a name starts a call and
+        bare argument text continues the call that is open."""
+        if call_id:
+            known = self._by_id.get(call_id)
+            return known if known is not None else self._start(None)
+        open_call = self._calls[-1] if self._calls else None
+        function = delta.get("function")
+        name = _meaningful(function.get("name")) if isinstance(function, dict) else None
+        # A name after the open call already has its name and some arguments is the next call.
+        if open_call is None or (name is not None and open_call.name is not None and any(open_call.argument_parts)):
+            return self._start(None)
+        return open_call
 
     def calls(self) -> list[ToolCall]:
         """The complete calls in order of first appearance; ids generated where missing."""

@@ -4,6 +4,8 @@
     ├── InvalidRequest        400     malformed JSON, not a chat request, tool name conflict
     ├── AuthenticationFailed  401     missing or unknown gateway key
     ├── ModelNotFound         404     no upstream serves the model
+    ├── MethodNotAllowed      405     a method the endpoint does not serve
+    ├── RequestTimeout        408     the body did not arrive within server.body_timeout_s
     ├── BodyTooLarge          413     body over server.max_body_bytes
     └── UpstreamError                 the upstream failed us
         ├── UpstreamUnavailable 502   unreachable, or answered garbage
@@ -22,6 +24,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsoncodec
+
 
 class GatewayError(Exception):
     status = 500
@@ -34,6 +38,8 @@ class GatewayError(Exception):
         self.param = param
         if code is not None:
             self.code = code
+        # Extra response headers, e.g. ``x-should-retry: false`` once a tool has run.
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
@@ -54,6 +60,18 @@ class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class BodyTooLarge(GatewayError):
@@ -148,10 +166,13 @@ def as_openai_error(payload: Any, status: int, fallback_text: str = "") -> dict[
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+    """Raises JsonEncodeError for a body no encoder can write (an upstream's, nested too deep)."""
+    return Response(jsoncodec.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
 async def handle_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    headers = {"x-request-id": request.state.request_id} if hasattr(request.state, "request_id") else None
+    headers = dict(exc.headers)
+    if hasattr(request.state, "request_id"):
+        headers["x-request-id"] = request.state.request_id
     return json_response(exc.body(), exc.status, headers)

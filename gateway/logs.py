@@ -43,7 +43,8 @@ def configure_logging(level: str, format: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     # One line per upstream HTTP call from the client libraries would double the log volume.
-    for name in ("httpx", "httpcore", "httpx2", "mcp"):
+    # sse-starlette logs every chunk's content at debug: answers are not the log's business.
+    for name in ("httpx", "httpcore", "httpx2", "mcp", "sse_starlette"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # The per-request line replaces uvicorn's access log.
     logging.getLogger("uvicorn.access").disabled = True

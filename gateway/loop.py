@@ -9,38 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
+from gateway.chunks import Chunk, ChunkShaper
 from gateway.config import LoopConfig
 from gateway.continuations import Continuation, ContinuationStore, splice
-from gateway.deltas import ToolCall, ToolCallAssembler, calls_from_message
+from gateway.deltas import ToolCall, ToolCallAssembler, calls_from_message, new_call_id
 from gateway.errors import (
     InvalidRequest,
     UpstreamError,
     UpstreamStreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    as_openai_error,
 )
 from gateway.metrics import Labels
+from gateway.policy import OPEN_POLICY, KeyPolicy
 from gateway.protocol import ChatRequest, add_usage, chunk_usage, first_choice, forced_function
 from gateway.routing import Route
 from gateway.tools.base import ToolContext
 from gateway.tools.executor import ToolExecutor, ToolOutcome
 from gateway.tools.registry import ToolRegistry
+from gateway.upstream import UpstreamHeaders
 
 
 @dataclass(slots=True)
-class Chunk:
-    """A chunk for a streaming client; ``raw`` is set when it is byte-for-byte the upstream's."""
+class ChunkBatch:
+    """Chunks from one read of the upstream stream, to be written to the client at once."""
 
-    data: dict[str, Any]
-    raw: bytes | None = None
+    chunks: list[Chunk]
 
 
 @dataclass(slots=True)
@@ -60,7 +60,7 @@ class Completion:
     body: dict[str, Any]
 
 
-Event = Chunk | ToolStarted | ToolFinished | Completion
+Event = Chunk | ChunkBatch | ToolStarted | ToolFinished | Completion
 
 
 @dataclass(slots=True)
@@ -105,10 +105,6 @@ async def _drain(payloads: AsyncIterator[Any]) -> None:
                 pass
 
 
-def _has_payload(delta: dict[str, Any]) -> bool:
-    return any(v not in (None, "", [], {}) for k, v in delta.items() if k != "tool_calls")
-
-
 class ToolLoop:
     """One request's run of the loop. Construct, then iterate ``run()`` once."""
 
@@ -119,9 +115,11 @@ class ToolLoop:
         body: dict[str, Any],
         request: ChatRequest,
         context: ToolContext,
-        headers: dict[str, str],
+        headers: UpstreamHeaders,
+        policy: KeyPolicy = OPEN_POLICY,
     ) -> None:
         self.services = services
+        self.policy = policy
         self.route = route
         self.body = body
         self.request = request
@@ -134,14 +132,15 @@ class ToolLoop:
         self.server_tools = self._offered_tools()
         self.wants_usage = bool((request.stream_options or {}).get("include_usage"))
         self._slots = services.executor.request_slots()
-        self._stream_id = ""
-        self._created = 0
-        self._role_sent = False
+        self.chunks = ChunkShaper(self.client_model)
 
     def _offered_tools(self) -> dict[str, dict[str, Any]]:
         if not self.route.primary.config.server_tools or self.request.tool_choice == "none":
             return {}
-        offered = {d["function"]["name"]: d for d in self.services.registry.definitions()}
+        allowed = self.policy.allows_tool
+        offered = {
+            d["function"]["name"]: d for d in self.services.registry.definitions() if allowed(d["function"]["name"])
+        }
         clash = sorted(self.client_tools & offered.keys())
         if clash:
             raise InvalidRequest(
@@ -149,11 +148,21 @@ class ToolLoop:
                 param="tools",
                 code="tool_name_conflict",
             )
+        choices = self.body.get("n")
+        if offered and isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+            # Each choice would need its own tool loop; merging them would run garbage.
+            raise InvalidRequest(
+                "'n' greater than 1 is not supported when the gateway's server tools are offered; "
+                "send n=1, or tool_choice 'none' to go without server tools.",
+                param="n",
+                code="unsupported_value",
+            )
         return offered
 
     async def run(self) -> AsyncIterator[Event]:
         body = self.body
-        spliced = await splice(body["messages"], self.services.continuations)
+        scope = self.context.key_name or ""
+        spliced = await splice(body["messages"], self.services.continuations, scope)
         if spliced is not None:
             body["messages"] = spliced
         intercept = bool(self.server_tools)
@@ -165,9 +174,10 @@ class ToolLoop:
             body["stream_options"] = {**(self.request.stream_options or {}), "include_usage": True}
 
         config = self.services.config
+        max_rounds = self.policy.max_rounds(config.max_rounds)
         calls_left = config.max_tool_calls
         while True:
-            final = self.stats.rounds >= config.max_rounds or calls_left <= 0
+            final = self.stats.rounds >= max_rounds or calls_left <= 0
             if final and intercept:
                 body["tool_choice"] = "none"
                 self.stats.max_rounds_reached = True
@@ -181,7 +191,9 @@ class ToolLoop:
             assert result is not None
             client_calls = [c for c in result.calls if c.name in self.client_tools]
             server_calls = [c for c in result.calls if c.name not in self.client_tools]
-            if not intercept or not server_calls or final:
+            # A round cut off by the token limit may hold a call cut mid-arguments: never run it.
+            truncated = result.finish_reason == "length"
+            if not intercept or not server_calls or final or truncated:
                 async for final_event in self._finish(result, client_calls if intercept else None):
                     yield final_event
                 return
@@ -202,12 +214,18 @@ class ToolLoop:
                 for c in refused
             ]
             self.stats.rounds += 1
-            assistant = {**result.message, "tool_calls": [c.as_message_part() for c in result.calls]}
             if client_calls:
-                await self.services.continuations.put([c.id for c in client_calls], Continuation(assistant, results))
+                # The client sees ids minted here, never the upstream's (servers reuse ``call_0``):
+                # only the caller who received them can bring this turn back.
+                sent = [c.with_id(new_call_id()) if c.name in self.client_tools else c for c in result.calls]
+                client_calls = [c for c in sent if c.name in self.client_tools]
+                assistant = {**result.message, "tool_calls": [c.as_history_part() for c in sent]}
+                stored = tuple((c.id, c.name, c.arguments) for c in client_calls)
+                await self.services.continuations.put(scope, Continuation(assistant, results, stored))
                 async for final_event in self._finish(result, client_calls):
                     yield final_event
                 return
+            assistant = {**result.message, "tool_calls": [c.as_history_part() for c in result.calls]}
             body["messages"] = [*body["messages"], assistant, *results]
             if relax_after_first:
                 body["tool_choice"] = "auto"
@@ -218,7 +236,9 @@ class ToolLoop:
             yield ToolStarted(call)
         started = time.perf_counter()
         executor = self.services.executor
-        tasks = [asyncio.create_task(executor.run(call, self.context, self._slots)) for call in calls]
+        # Only offered tools run: one the key may not use, or that was not offered, is an unknown tool.
+        allowed = self.server_tools.__contains__
+        tasks = [asyncio.create_task(executor.run(call, self.context, self._slots, allowed)) for call in calls]
         try:
             for next_done in asyncio.as_completed(tasks):
                 outcome = await next_done
@@ -250,7 +270,8 @@ class ToolLoop:
         choice = first_choice(answer)
         if choice is None:
             if "error" in answer:
-                raise UpstreamStreamError("upstream answered with an error", as_openai_error(answer, 502))
+                error = self.route.primary.error_payload(answer, 502)
+                raise UpstreamStreamError("upstream answered with an error", error)
             raise UpstreamUnavailable("upstream answered without choices", retryable=False)
         received = choice.get("message")
         message: dict[str, Any] = received if isinstance(received, dict) else {}
@@ -259,51 +280,64 @@ class ToolLoop:
         history.setdefault("role", "assistant")
         yield _Round(history, calls, choice.get("finish_reason"), answer)
 
-    async def _stream_round(self, body: dict[str, Any], intercept: bool) -> AsyncIterator[Chunk | _Round]:
+    async def _stream_round(self, body: dict[str, Any], intercept: bool) -> AsyncIterator[Chunk | ChunkBatch | _Round]:
         body["stream"] = True
         assembler = ToolCallAssembler()
         content: list[str] = []
         finish_reason: str | None = None
+        answered = False
         done = False
         usage: Any = None
         started = time.perf_counter()
         model_label = self.services.labels.model(self.client_model)
         async with self.route.stream(body, self.headers) as (_, payloads):
             first = True
-            async for item in payloads:
-                if item is None:
-                    done = True
+            async for batch in payloads:
+                out: list[Chunk] = []
+                failure: UpstreamError | None = None
+                for item in batch:
+                    if item is None:
+                        done = True
+                        break
+                    data = item.data
+                    if first:
+                        metrics.TIME_TO_FIRST_TOKEN.labels(model_label).observe(time.perf_counter() - started)
+                        first = False
+                        self.chunks.adopt_identity(data)
+                    if data.get("error") is not None and not data.get("choices"):
+                        error = self.route.primary.error_payload(data, 502)
+                        failure = UpstreamStreamError("upstream reported an error mid-stream", error)
+                        break
+                    chunk_use = chunk_usage(data)
+                    if chunk_use is not None:
+                        usage = chunk_use  # cumulative where it repeats (vLLM continuous stats): keep the last
+                    choice = first_choice(data)
+                    if choice is None:
+                        continue
+                    answered = True
+                    delta = choice.get("delta")
+                    delta = delta if isinstance(delta, dict) else {}
+                    fragments = delta.get("tool_calls")
+                    if intercept and fragments:
+                        assembler.feed(fragments)
+                    text = delta.get("content")
+                    if isinstance(text, str):
+                        content.append(text)
+                    reason = choice.get("finish_reason")
+                    if reason is not None:
+                        finish_reason = reason
+                    chunk = self.chunks.relay(data, item.raw, choice, delta, intercept, bool(assembler))
+                    if chunk is not None:
+                        out.append(chunk)
+                # What arrived together goes out together: one write, not one per event.
+                if len(out) == 1:
+                    yield out[0]
+                elif out:
+                    yield ChunkBatch(out)
+                if failure is not None:
+                    raise failure
+                if done:
                     break
-                data = item.data
-                if first:
-                    metrics.TIME_TO_FIRST_TOKEN.labels(model_label).observe(time.perf_counter() - started)
-                    first = False
-                    if not self._stream_id:
-                        self._stream_id = str(data.get("id") or f"chatcmpl-{secrets.token_hex(12)}")
-                        created = data.get("created")
-                        self._created = created if isinstance(created, int) else int(time.time())
-                if data.get("error") is not None and not data.get("choices"):
-                    raise UpstreamStreamError("upstream reported an error mid-stream", as_openai_error(data, 502))
-                chunk_use = chunk_usage(data)
-                if chunk_use is not None:
-                    usage = chunk_use  # cumulative where it repeats (vLLM continuous stats): keep the last
-                choice = first_choice(data)
-                if choice is None:
-                    continue
-                delta = choice.get("delta")
-                delta = delta if isinstance(delta, dict) else {}
-                fragments = delta.get("tool_calls")
-                if intercept and fragments:
-                    assembler.feed(fragments)
-                text = delta.get("content")
-                if isinstance(text, str):
-                    content.append(text)
-                reason = choice.get("finish_reason")
-                if reason is not None:
-                    finish_reason = reason
-                out = self._client_chunk(data, item.raw, choice, delta, intercept, bool(assembler))
-                if out is not None:
-                    yield out
                 if self.context.remaining_s() <= 0:
                     raise UpstreamTimeout("The request's deadline passed while the model was answering.")
             if done:
@@ -311,67 +345,17 @@ class ToolLoop:
         self.stats.upstream_wait_s += time.perf_counter() - started
         if not done and finish_reason is None:
             raise UpstreamStreamError("upstream stream ended before the answer was complete")
+        if not answered:
+            raise UpstreamStreamError("upstream stream ended without any choice")
         self.stats.usage = add_usage(self.stats.usage, usage)
         text = "".join(content)
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         yield _Round(message, assembler.calls(), finish_reason)
 
-    def _client_chunk(
-        self,
-        data: dict[str, Any],
-        raw: bytes,
-        choice: dict[str, Any],
-        delta: dict[str, Any],
-        intercept: bool,
-        calls_started: bool,
-    ) -> Chunk | None:
-        """The chunk to forward for an upstream chunk: as received when nothing must change."""
-        repeats_role = "role" in delta and self._role_sent
-        if "role" in delta:
-            self._role_sent = True
-        holds_back = intercept and ("tool_calls" in delta or choice.get("finish_reason") is not None or repeats_role)
-        if (
-            not holds_back
-            and data.get("id") == self._stream_id
-            and data.get("model") == self.client_model
-            and data.get("created") == self._created
-            and data.get("usage") is None
-            and len(data["choices"]) == 1
-        ):
-            return Chunk(data, raw)
-        out_delta = delta
-        if intercept:
-            out_delta = {k: v for k, v in delta.items() if k != "tool_calls" and not (k == "role" and repeats_role)}
-            text = out_delta.get("content")
-            if calls_started and isinstance(text, str) and not text.strip():
-                # Whitespace between parallel calls (vLLM hermes) is not an answer.
-                out_delta.pop("content")
-            if not _has_payload(out_delta) and choice.get("logprobs") is None:
-                return None
-        out_choice = {**choice, "delta": out_delta}
-        if intercept:
-            out_choice["finish_reason"] = None
-        out = {**data, "id": self._stream_id, "created": self._created, "model": self.client_model}
-        out["choices"] = [out_choice, *data["choices"][1:]]
-        out.pop("usage", None)
-        return Chunk(out)
-
-    def _chunk(self, choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> Chunk:
-        data: dict[str, Any] = {
-            "id": self._stream_id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self.client_model,
-            "choices": [] if choice is None else [choice],
-        }
-        if usage is not None:
-            data["usage"] = usage
-        return Chunk(data)
-
     async def _finish(self, result: _Round, client_calls: list[ToolCall] | None) -> AsyncIterator[Event]:
         """Render the last round: only the client's calls, summed usage, the client's model."""
         finish_reason = result.finish_reason
-        if client_calls is not None:
+        if client_calls is not None and finish_reason != "length":
             finish_reason = (
                 "tool_calls" if client_calls else ("stop" if finish_reason in (None, "tool_calls") else finish_reason)
             )
@@ -395,7 +379,11 @@ class ToolLoop:
         if client_calls is not None:
             if client_calls:
                 parts = [{"index": i, **c.as_message_part()} for i, c in enumerate(client_calls)]
-                yield self._chunk({"index": 0, "delta": {"tool_calls": parts}, "logprobs": None, "finish_reason": None})
-            yield self._chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason or "stop"})
+                yield self.chunks.make(
+                    {"index": 0, "delta": {"tool_calls": parts}, "logprobs": None, "finish_reason": None}
+                )
+            yield self.chunks.make(
+                {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason or "stop"}
+            )
         if self.wants_usage and self.stats.usage is not None:
-            yield self._chunk(None, self.stats.usage)
+            yield self.chunks.make(None, self.stats.usage)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,8 +32,8 @@ ROUND_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
 
 REQUESTS = Counter(
     "gateway_requests",
-    "Chat completion requests by client-facing model, stream mode and HTTP status.",
-    ["gen_ai_request_model", "stream", "status"],
+    "Chat completion requests by client-facing model, stream mode, HTTP status and API key name.",
+    ["gen_ai_request_model", "stream", "status", "key"],
 )
 REQUESTS_IN_FLIGHT = Gauge(
     "gateway_requests_in_flight", "Chat completion requests being served.", multiprocess_mode="livesum"
@@ -68,8 +69,8 @@ TIME_TO_FIRST_TOKEN = Histogram(
 )
 TOKEN_USAGE = Histogram(
     "gen_ai_client_token_usage",
-    "Tokens per request, summed over its rounds, by model and token type.",
-    ["gen_ai_request_model", "gen_ai_token_type"],
+    "Tokens per request, summed over its rounds, by model, token type and API key name.",
+    ["gen_ai_request_model", "gen_ai_token_type", "key"],
     buckets=TOKEN_BUCKETS,
 )
 TOOL_CALLS = Counter(
@@ -83,12 +84,49 @@ TOOL_DURATION = Histogram(
 )
 TOOL_ROUNDS = Histogram("gateway_tool_rounds", "Server tool rounds run for one request.", buckets=ROUND_BUCKETS)
 CONTINUATIONS = Counter(
-    "gateway_continuations", "Mixed-turn continuations by event (stored, resumed, expired).", ["event"]
+    "gateway_continuations",
+    "Mixed-turn continuations by event (stored, resumed, expired, dropped for size).",
+    ["event"],
+)
+CONNECTIONS_REFUSED = Counter(
+    "gateway_connections_refused",
+    "Client connections closed by the gateway's own guards, by reason.",
+    ["reason"],
+)
+POLICY_REFUSALS = Counter(
+    "gateway_policy_refusals",
+    "Requests refused by a key's policy, by key name and reason.",
+    ["key", "reason"],
+)
+STATE_ERRORS = Counter(
+    "gateway_state_errors",
+    "Failed calls to the shared state backend (Redis), by operation; the request went on without it.",
+    ["operation"],
 )
 
 # Series with a fixed label set exist from the start, so rate() and dashboards see zeros, not gaps.
-for _event in ("stored", "resumed", "expired"):
+for _event in ("stored", "resumed", "expired", "dropped"):
     CONTINUATIONS.labels(_event)
+for _reason in ("too_many_connections", "header_timeout", "body_timeout", "malformed"):
+    CONNECTIONS_REFUSED.labels(_reason)
+for _operation in ("put", "get", "rate_limit"):
+    STATE_ERRORS.labels(_operation)
+
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, remembered: prometheus-client validates and locks on every call.
+
+    The cache stays bounded because every label value is (models and tools through
+    ``Labels``, statuses, key names from the config).
+    """
+    key = (id(metric), values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
 
 
 class Labels:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from gateway.errors import InvalidRequest
+from gateway.jsoncodec import JsonDepthError, loads_exact
 
 Json = dict[str, Any]
 
@@ -53,20 +53,30 @@ class ChatRequest(BaseModel):
         return messages
 
 
-def parse_chat_request(raw: bytes) -> tuple[Json, ChatRequest]:
+def parse_chat_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, ChatRequest]:
     """Parse the body once; return the dict to forward and its validated view."""
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from exc
+        body = loads_exact(raw)
+    except JsonDepthError as exc:
+        raise InvalidRequest(f"Request body is not accepted: {exc}") from exc
+    except ValueError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {str(exc)[:200]}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
+    model = body.get("model")
+    if isinstance(model, str) and len(model) > max_model_chars:
+        # Model names key caches and logs: a long one is refused before it is kept anywhere.
+        raise InvalidRequest(
+            f"Invalid value for 'model': longer than {max_model_chars} characters.",
+            param="model",
+            code="invalid_value",
+        )
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param) from exc
+        param = ".".join(str(p) for p in first["loc"])[:200]
+        raise InvalidRequest(f"Invalid value for '{param}': {first['msg'][:200]}", param=param) from exc
     return body, request
 
 

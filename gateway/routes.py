@@ -1,17 +1,17 @@
-"""HTTP routes: each parses, calls one function, renders the result."""
+"""HTTP routes: each parses, calls one function, renders the result.
+
+Chat completions are served by ``gateway.app.GatewayApp`` directly, outside FastAPI.
+"""
 
 from __future__ import annotations
-
-import asyncio
-import time
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import metrics
-from gateway.chat import serve_chat
-from gateway.errors import json_response
+from gateway.errors import AuthenticationFailed, ModelNotFound, json_response
+from gateway.routing import not_found_message
 from gateway.state import GatewayState
 
 router = APIRouter()
@@ -22,16 +22,24 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await serve_chat(_state(request).chat, request)
-
-
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     state = _state(request)
-    state.chat.authenticator.key_name(request.headers)
-    return json_response({"object": "list", "data": await state.model_list()})
+    policy = state.chat.authenticator.caller(request.headers)
+    models = [m for m in await state.model_list() if policy.allows_model(m["id"])]
+    return json_response({"object": "list", "data": models})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    """One model, as ``client.models.retrieve`` expects; 404 for a model the key may not use, as for a missing one."""
+    state = _state(request)
+    policy = state.chat.authenticator.caller(request.headers)
+    if policy.allows_model(model_id):
+        for model in await state.model_list():
+            if model["id"] == model_id:
+                return json_response(model)
+    raise ModelNotFound(not_found_message(model_id), param="model")
 
 
 @router.get("/healthz")
@@ -41,19 +49,15 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
+    """Ready or not to anyone; which upstream or tool source is failing only to a valid key."""
     state = _state(request)
-    names = list(state.upstreams)
-    reachable = await asyncio.gather(*(u.probe() for u in state.upstreams.values()))
-    upstreams = {name: "ok" if ok else "unreachable" for name, ok in zip(names, reachable, strict=True)}
-    sources = state.tool_source_status()
-    ready = all(reachable) and all(s == "ok" for s in sources.values())
-    body = {
-        "status": "ready" if ready else "not_ready",
-        "upstreams": upstreams,
-        "tool_sources": sources,
-        "checked_at": int(time.time()),
-    }
-    return json_response(body, 200 if ready else 503)
+    report = await state.readiness()
+    status = 200 if report["status"] == "ready" else 503
+    try:
+        state.chat.authenticator.caller(request.headers)
+    except AuthenticationFailed:
+        return json_response({"status": report["status"]}, status)
+    return json_response(report, status)
 
 
 @router.get("/metrics")

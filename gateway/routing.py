@@ -10,8 +10,8 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import ModelNotFound, UpstreamError
-from gateway.sse import SSEData
-from gateway.upstream import Upstream
+from gateway.sse import SSEBatch
+from gateway.upstream import Upstream, UpstreamHeaders
 
 
 def _spent(exc: UpstreamError) -> UpstreamError:
@@ -38,7 +38,7 @@ class Route:
     def primary(self) -> Upstream:
         return self.targets[0].upstream
 
-    async def complete(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[dict[str, Any], float]:
+    async def complete(self, body: dict[str, Any], headers: UpstreamHeaders) -> tuple[dict[str, Any], float]:
         """The upstream's answer, and the seconds spent waiting on upstreams for it."""
         started = time.perf_counter()
         last: UpstreamError | None = None
@@ -55,8 +55,8 @@ class Route:
 
     @asynccontextmanager
     async def stream(
-        self, body: dict[str, Any], headers: dict[str, str]
-    ) -> AsyncIterator[tuple[Target, AsyncIterator[SSEData | None]]]:
+        self, body: dict[str, Any], headers: UpstreamHeaders
+    ) -> AsyncIterator[tuple[Target, AsyncIterator[SSEBatch]]]:
         """Open a stream on the first target that answers; yield it with its payloads."""
         last: UpstreamError | None = None
         for target in self.targets:
@@ -74,6 +74,10 @@ class Route:
         raise last
 
 
+def not_found_message(model: str) -> str:
+    return f"The model '{model}' does not exist or you do not have access to it."
+
+
 class Router:
     """Resolves models against the configured upstreams, first match wins."""
 
@@ -88,7 +92,7 @@ class Router:
             return route
         upstream = self.config.upstream_for(model)
         if upstream is None:
-            raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+            raise ModelNotFound(not_found_message(model), param="model")
         targets = [Target(self.upstreams[upstream.name], upstream.upstream_model(model))]
         for fallback in upstream.fallbacks:
             fallback_config = self.config.upstream_named(fallback.upstream)

@@ -27,9 +27,14 @@ class SSEData:
     is_error_line: bool = False
 
 
-async def read_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEData | None]:
-    """Yield each JSON payload of an SSE byte stream; ``None`` stands for ``[DONE]``.
+SSEBatch = list["SSEData | None"]
 
+
+async def read_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEBatch]:
+    """Yield the JSON payloads of an SSE byte stream, one list per network read; ``None`` stands for ``[DONE]``.
+
+    Batches let everything that arrived together be handled and written on together:
+    one pass through the loop and one write to the client, not one per event.
     Comment lines (``:`` keep-alives, llama.cpp sends them) and ``event:``/``id:``
     fields are skipped. Older llama.cpp wrote errors on a non-standard ``error:``
     line that ordinary SSE parsers drop; it is surfaced like an error payload.
@@ -37,6 +42,7 @@ async def read_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEData | None
     buffer = b""
     async for piece in chunks:
         buffer = buffer + piece if buffer else piece
+        batch: SSEBatch = []
         start = 0
         while True:
             end = buffer.find(b"\n", start)
@@ -48,14 +54,16 @@ async def read_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEData | None
                 line = line[:-1]
             item = _parse_line(line)
             if item is not _SKIP:
-                yield item  # type: ignore[misc]
+                batch.append(item)  # type: ignore[arg-type]
         buffer = buffer[start:]
+        if batch:
+            yield batch
         if len(buffer) > MAX_LINE_BYTES:
             raise UpstreamUnavailable("upstream sent an SSE line over the size limit", retryable=False)
     if buffer.strip():
         item = _parse_line(buffer.rstrip(b"\r"))
         if item is not _SKIP:
-            yield item  # type: ignore[misc]
+            yield [item]  # type: ignore[list-item]
 
 
 _SKIP = object()

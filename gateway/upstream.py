@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential_jitter
+from yarl import URL
 
-from gateway import metrics
+from gateway import jsoncodec, metrics
 from gateway.config import UpstreamConfig
 from gateway.errors import (
     UpstreamError,
@@ -29,104 +31,133 @@ from gateway.errors import (
     UpstreamUnavailable,
     as_openai_error,
 )
-from gateway.sse import SSEData, read_sse
+from gateway.redaction import Redactor
+from gateway.sse import SSEBatch, read_sse
 
 T = TypeVar("T")
+
+# What a failed exchange with an upstream raises: aiohttp's errors and its timeouts.
+_CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 MODELS_CACHE_S = 30.0
 
 # Client headers that describe the client's own connection or credentials, not the request.
 DROPPED_REQUEST_HEADERS = frozenset(
     {
-        "authorization",
-        "api-key",
-        "x-api-key",
-        "cookie",
-        "host",
-        "content-length",
-        "content-type",
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "accept-encoding",
-        "expect",
-        "x-gateway-trace",
+        b"authorization",
+        b"api-key",
+        b"x-api-key",
+        b"cookie",
+        b"host",
+        b"content-length",
+        b"content-type",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"accept-encoding",
+        b"expect",
+        b"x-gateway-trace",
     }
 )
 
+UpstreamHeaders = dict[str, str]
 
-def forwardable_headers(headers: Any) -> dict[str, str]:
-    """The client's headers worth passing upstream: end-to-end and credential-free."""
-    kept: dict[str, str] = {}
-    for name, value in headers.items():
+# Control characters other than tab: some clients send them, no HTTP client may send them on.
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def forwardable_headers(raw: list[tuple[bytes, bytes]]) -> UpstreamHeaders:
+    """The client's headers worth passing upstream: end-to-end and credential-free.
+
+    A value travels as the client's bytes: UTF-8 (ASCII included) is decoded and
+    re-encoded unchanged; a value in any other encoding, or with control
+    characters, cannot be sent on exactly and is dropped rather than altered.
+    """
+    kept: UpstreamHeaders = {}
+    for name, value in raw:
         lower = name.lower()
-        if lower not in DROPPED_REQUEST_HEADERS:
-            kept[lower] = value
+        if lower in DROPPED_REQUEST_HEADERS or _CONTROL_BYTES.search(value) is not None:
+            continue
+        try:
+            kept[lower.decode("latin-1")] = value.decode()
+        except UnicodeDecodeError:
+            continue
     return kept
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
 
 
-def _status_error(response: httpx.Response, content: bytes) -> UpstreamStatus:
+def _encode(body: dict[str, Any]) -> bytes:
     try:
-        payload: Any = orjson.loads(content) if content else None
-    except orjson.JSONDecodeError:
-        payload = content.decode("utf-8", "replace").strip()
-    return UpstreamStatus(
-        response.status_code,
-        as_openai_error(payload, response.status_code),
-        _retry_after(response),
-    )
+        return jsoncodec.dumps(body)
+    except jsoncodec.JsonEncodeError as exc:
+        raise UpstreamUnavailable("the request could not be encoded for the upstream", retryable=False) from exc
 
 
 class Upstream:
-    """An upstream server and the one pooled ``httpx.AsyncClient`` that talks to it."""
+    """An upstream server and the one pooled ``aiohttp`` session that talks to it.
 
-    def __init__(self, config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    aiohttp rather than httpx: httpcore's pool walks every pooled connection on every
+    request, so its cost per request grows with concurrency (bench/RESULTS.md).
+    """
+
+    def __init__(self, config: UpstreamConfig, redactor: Redactor) -> None:
         self.config = config
         self.name = config.name
+        self.redactor = redactor
         headers = dict(config.headers)
         if config.api_key:
             scheme = "Api-Key" if config.auth_scheme == "api-key" else "Bearer"
             headers["Authorization"] = f"{scheme} {config.api_key}"
         headers["Content-Type"] = "application/json"
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=config.timeout_s.connect,
-                read=config.timeout_s.read,
-                write=config.timeout_s.read,
-                pool=config.timeout_s.connect,
-            ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
-            ),
-            transport=transport,
+        self._headers = headers
+        self._chat_url = URL(f"{config.base_url}/chat/completions")
+        self._models_url = URL(f"{config.base_url}/models")
+        # ``connect`` bounds waiting for a pooled connection as well as opening one.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.timeout_s.connect, sock_read=config.timeout_s.read
         )
+        self._session: aiohttp.ClientSession | None = None
         self._backoff = wait_exponential_jitter(multiplier=config.retries.initial_wait_s, max=config.retries.max_wait_s)
         self._ok = metrics.UPSTREAM_REQUESTS.labels(self.name, "ok")
         self._duration = metrics.UPSTREAM_DURATION.labels(self.name)
         self._models_cache: tuple[float, list[dict[str, Any]]] | None = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Created on first use, inside the event loop that serves requests."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.config.max_connections, limit_per_host=0),
+                headers=self._headers,
+                timeout=self._timeout,
+                auto_decompress=True,
+                trust_env=False,
+            )
+        return self._session
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[T]]) -> T:
         retries = self.config.retries
@@ -175,31 +206,45 @@ class Upstream:
 
         return counted
 
-    def _translate(self, exc: httpx.HTTPError) -> UpstreamError:
-        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    def error_payload(self, payload: Any, status: int) -> dict[str, Any]:
+        """Any error this upstream sent (a status body, an error event), in OpenAI's shape, secrets redacted."""
+        return self.redactor.payload(as_openai_error(payload, status))  # type: ignore[no-any-return]
+
+    def _status_error(self, status: int, headers: Mapping[str, str], content: bytes) -> UpstreamStatus:
+        try:
+            payload: Any = orjson.loads(content) if content else None
+        except orjson.JSONDecodeError:
+            payload = content.decode("utf-8", "replace").strip()
+        return UpstreamStatus(status, self.error_payload(payload, status), _retry_after(headers))
+
+    def _translate(self, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return UpstreamUnavailable(f"upstream {self.name!r} did not accept the connection in time")
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
             return UpstreamTimeout(f"upstream {self.name!r} did not answer in time")
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, aiohttp.ClientConnectorError):
             return UpstreamUnavailable(f"upstream {self.name!r} is unreachable")
         return UpstreamUnavailable(
             f"upstream {self.name!r} connection failed: {type(exc).__name__}",
-            retryable=isinstance(exc, httpx.RemoteProtocolError),
+            # A connection the server dropped is worth another try; a broken answer is not.
+            retryable=isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError),
         )
 
-    async def complete(self, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any], headers: UpstreamHeaders) -> dict[str, Any]:
         """POST a non-streaming chat completion; return the parsed JSON object."""
-        content = orjson.dumps(body)
+        content = _encode(body)
 
         async def attempt() -> dict[str, Any]:
             try:
-                response = await self._client.post("/chat/completions", content=content, headers=headers)
-            except httpx.HTTPError as exc:
+                async with self.session.post(self._chat_url, data=content, headers=headers) as response:
+                    received = await response.read()
+                    status = response.status
+                    if status >= 400:
+                        raise self._status_error(status, response.headers, received)
+            except _CLIENT_ERRORS as exc:
                 raise self._translate(exc) from exc
-            if response.status_code >= 400:
-                raise _status_error(response, response.content)
             try:
-                parsed = orjson.loads(response.content)
+                parsed = orjson.loads(received)
             except orjson.JSONDecodeError as exc:
                 raise UpstreamUnavailable(
                     f"upstream {self.name!r} answered with a body that is not JSON", retryable=False
@@ -211,52 +256,48 @@ class Upstream:
         return await self._with_retries(attempt)
 
     @asynccontextmanager
-    async def stream(
-        self, body: dict[str, Any], headers: dict[str, str]
-    ) -> AsyncIterator[AsyncIterator[SSEData | None]]:
-        """Open a streaming chat completion; yield its SSE payloads (``None`` for ``[DONE]``).
+    async def stream(self, body: dict[str, Any], headers: UpstreamHeaders) -> AsyncIterator[AsyncIterator[SSEBatch]]:
+        """Open a streaming chat completion; yield its SSE payloads in batches (``None`` for ``[DONE]``).
 
         Opening is retried; once the headers are in, failures surface as UpstreamError
         from the iterator, for the caller to report in-stream.
         """
-        content = orjson.dumps(body)
+        content = _encode(body)
 
-        async def attempt() -> httpx.Response:
-            request = self._client.build_request("POST", "/chat/completions", content=content, headers=headers)
+        async def attempt() -> aiohttp.ClientResponse:
             try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
+                response = await self.session.post(self._chat_url, data=content, headers=headers)
+                if response.status >= 400:
+                    try:
+                        error_content = await response.read()
+                    finally:
+                        response.release()
+                    raise self._status_error(response.status, response.headers, error_content)
+            except _CLIENT_ERRORS as exc:
                 raise self._translate(exc) from exc
-            if response.status_code >= 400:
-                try:
-                    error_content = await response.aread()
-                except httpx.HTTPError as exc:
-                    raise self._translate(exc) from exc
-                finally:
-                    await response.aclose()
-                raise _status_error(response, error_content)
             return response
 
         response = await self._with_retries(attempt)
         try:
             yield self._payloads(response)
         finally:
-            await response.aclose()
+            # Read to the end: the connection goes back to the pool. Cut short: it is closed.
+            response.release()
 
-    async def _payloads(self, response: httpx.Response) -> AsyncIterator[SSEData | None]:
+    async def _payloads(self, response: aiohttp.ClientResponse) -> AsyncIterator[SSEBatch]:
         try:
-            async for item in read_sse(response.aiter_raw()):
+            async for item in read_sse(response.content.iter_any()):
                 yield item
-        except httpx.HTTPError as exc:
+        except _CLIENT_ERRORS as exc:
             raise self._translate(exc) from exc
 
     async def probe(self, timeout_s: float = 2.0) -> bool:
         """Whether the server answers HTTP at all (any status counts as reachable)."""
         try:
-            await self._client.get("/models", timeout=timeout_s)
-        except httpx.HTTPError:
+            async with self.session.get(self._models_url, timeout=aiohttp.ClientTimeout(total=timeout_s)):
+                return True
+        except _CLIENT_ERRORS:
             return False
-        return True
 
     async def list_models(self) -> list[dict[str, Any]]:
         """The upstream's own ``/models`` list, cached briefly; empty when it has none."""
@@ -265,11 +306,13 @@ class Upstream:
             return self._models_cache[1]
         models: list[dict[str, Any]] = []
         try:
-            response = await self._client.get("/models", timeout=5.0)
-            data = orjson.loads(response.content).get("data") if response.status_code == 200 else None
+            async with self.session.get(self._models_url, timeout=aiohttp.ClientTimeout(total=5.0)) as response:
+                content = await response.read()
+                ok = response.status == 200
+            data = orjson.loads(content).get("data") if ok else None
             if isinstance(data, list):
                 models = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        except (httpx.HTTPError, orjson.JSONDecodeError, AttributeError):
+        except (*_CLIENT_ERRORS, orjson.JSONDecodeError, AttributeError):
             models = []
         self._models_cache = (now, models)
         return models

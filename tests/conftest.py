@@ -12,6 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.connections import limits_from
 from gateway.tools import FunctionTool
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread
@@ -23,7 +24,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.app = create_app(config)
-        self.server = ServerThread(self.app)
+        self.server = ServerThread(self.app, limits=limits_from(config.server))
         self._clients: list[openai.OpenAI] = []
 
     @property

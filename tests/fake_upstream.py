@@ -31,6 +31,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     peer: str = ""
+    raw: bytes = b""
 
 
 @dataclass
@@ -179,7 +180,7 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             body = raw
         peer = f"{request.client.host}:{request.client.port}" if request.client else ""
-        recorded = Recorded(request.method, request.url.path, dict(request.headers), body, peer)
+        recorded = Recorded(request.method, request.url.path, dict(request.headers), body, peer, raw)
         with self._lock:
             self.requests.append(recorded)
             reply = self.replies.pop(0) if self.replies else None

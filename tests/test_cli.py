@@ -99,3 +99,35 @@ def test_broken_tool_module_is_a_start_up_error_naming_the_file(tmp_path: Path) 
     assert result.returncode == 1
     assert str(tools / "broken.py") in result.stderr
     assert "missing dependency" in result.stderr
+
+
+def test_check_config_reports_key_patterns_that_match_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  - {name: up, base_url: 'http://localhost:9/v1', models: [qwen-7b, llama-8b]}\n"
+        "auth:\n"
+        "  api_keys:\n"
+        "    - {name: good, key: sk-good-0001, models: ['qwen-*'], tools: [calculate, 'current_*']}\n"
+        "    - {name: typo, key: sk-typo-0001, models: ['gwen-*'], tools: [calculator]}\n"
+    )
+    result = gateway_cli("check-config", "--config", str(config))
+    assert result.returncode == 1
+    problems = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert problems == [
+        "error: auth.api_keys.typo.models: 'gwen-*' matches no configured model",
+        "error: auth.api_keys.typo.tools: 'calculator' matches no loaded tool",
+    ]
+
+
+def test_tools_list_for_a_key_shows_its_effective_tools(tmp_path: Path) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        "upstreams: [{name: up, base_url: 'http://localhost:9/v1'}]\n"
+        "auth: {api_keys: [{name: clock-only, key: sk-clock-001, tools: ['current_*']}]}\n"
+    )
+    result = gateway_cli("tools", "list", "--config", str(config), "--key", "clock-only")
+    assert result.returncode == 0, result.stderr
+    assert [entry["function"]["name"] for entry in json.loads(result.stdout)] == ["current_time"]
+    unknown = gateway_cli("tools", "list", "--config", str(config), "--key", "nobody")
+    assert unknown.returncode == 1 and "nobody" in unknown.stderr

@@ -119,3 +119,28 @@ def test_non_streamed_message_calls_with_duplicate_ids_stay_apart() -> None:
     calls = calls_from_message(message)
     assert [c.name for c in calls] == ["f", "g", "h"]
     assert calls[2].id and calls[2].id != "dup"
+
+
+def test_fragments_with_neither_index_nor_id_continue_the_open_call() -> None:
+    calls = _assemble(
+        [{"index": 0, "id": "c1", "function": {"name": "add", "arguments": ""}}],
+        [{"function": {"arguments": '{"a": 1, '}}],
+        [{"function": {"arguments": '"b": 2}'}}],
+    )
+    assert calls == [ToolCall("c1", "add", '{"a": 1, "b": 2}')]
+
+
+def test_unindexed_calls_without_ids_are_told_apart_by_a_new_name() -> None:
+    calls = _assemble(
+        [{"function": {"name": "add", "arguments": '{"a": 1}'}}],
+        [{"function": {"name": "add", "arguments": '{"a": 2}'}}],
+    )
+    assert [(c.name, c.arguments) for c in calls] == [("add", '{"a": 1}'), ("add", '{"a": 2}')]
+
+
+def test_history_part_never_carries_arguments_that_are_not_json() -> None:
+    cut = ToolCall("c1", "calculate", '{"expression":')
+    assert cut.as_history_part()["function"]["arguments"] == "{}"
+    assert ToolCall("c2", "now", "").as_history_part()["function"]["arguments"] == "{}"
+    whole = ToolCall("c3", "add", '{"a": 1}')
+    assert whole.as_history_part() == whole.as_message_part()

@@ -32,7 +32,7 @@ GRAFANA_DIR = ROOT / "config" / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "gateway.json"
 ENV_EXAMPLE = ROOT / "config" / ".env.example"
 
-SERVICES = {"gateway", "vllm", "llamacpp", "prometheus", "grafana"}
+SERVICES = {"gateway", "vllm", "llamacpp", "prometheus", "grafana", "redis", "gateway-replica", "balancer"}
 
 
 def _executable(name: str) -> str:
@@ -274,11 +274,24 @@ def test_compose_file_has_the_expected_services_and_no_version_key() -> None:
     assert set(compose["services"]) == SERVICES
 
 
-def test_compose_model_servers_are_opt_in_by_profile() -> None:
+def test_compose_model_servers_and_replicas_are_opt_in_by_profile() -> None:
     assert _service("vllm")["profiles"] == ["gpu"]
     assert _service("llamacpp")["profiles"] == ["cpu"]
-    for name in SERVICES - {"vllm", "llamacpp"}:
+    assert _service("gateway-replica")["profiles"] == _service("balancer")["profiles"] == ["replicas"]
+    for name in SERVICES - {"vllm", "llamacpp", "gateway-replica", "balancer"}:
         assert "profiles" not in _service(name), f"{name} would not start by default"
+
+
+def test_compose_replicas_share_redis_behind_a_round_robin_balancer(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway, replica = _service("gateway"), _service("gateway-replica")
+    assert replica["build"] == gateway["build"] and _environment(replica) == _environment(gateway)
+    config = _load_without_environment(monkeypatch, _host_path(gateway, _environment(gateway)["GATEWAY_CONFIG"]))
+    assert config.state.backend == "redis" and config.state.redis_url == "redis://redis:6379/0"
+    assert "redis" in gateway["depends_on"] and "redis" in replica["depends_on"]
+    nginx = (ROOT / "config" / "nginx-replicas.conf").read_text(encoding="utf-8")
+    assert "server gateway:8080;" in nginx and "server gateway-replica:8080;" in nginx
+    assert "proxy_buffering off;" in nginx  # streams go through chunk by chunk
+    assert _published_ports(_service("balancer")) == {8090: 8090}
 
 
 @pytest.mark.parametrize(
@@ -289,6 +302,8 @@ def test_compose_model_servers_are_opt_in_by_profile() -> None:
         ("llamacpp", ":8081/health"),
         ("prometheus", ":9090/-/healthy"),
         ("grafana", ":3000/api/health"),
+        ("gateway-replica", ":8080/healthz"),
+        ("balancer", ":8090/healthz"),
     ],
 )
 def test_compose_service_has_a_healthcheck(name: str, endpoint: str) -> None:
@@ -302,7 +317,7 @@ def test_compose_service_has_a_healthcheck(name: str, endpoint: str) -> None:
 
 def test_compose_images_are_pinned() -> None:
     # llama.cpp's `server` tag rolls; a `server-bNNNN` build tag pins it where that matters.
-    for name in SERVICES - {"gateway", "llamacpp"}:
+    for name in SERVICES - {"gateway", "gateway-replica", "llamacpp"}:
         image = _service(name)["image"]
         assert re.search(r":v?\d+(\.\d+)+$", image), image
     assert "build" in _service("gateway")
@@ -347,15 +362,44 @@ def test_compose_vllm_serves_with_tool_calling_on_a_gpu() -> None:
     assert any(str(v).endswith(":/root/.cache/huggingface") for v in vllm["volumes"])
 
 
-def test_compose_llamacpp_serves_a_gguf_with_its_chat_template() -> None:
+def _llamacpp_dockerfile() -> Path:
+    build = _service("llamacpp")["build"]
+    return ROOT / build["context"] / build.get("dockerfile", "Dockerfile")
+
+
+def test_llamacpp_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [_executable("hadolint"), "--no-color", str(_llamacpp_dockerfile())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_compose_llamacpp_serves_a_baked_in_model_with_a_tool_template() -> None:
+    """The CPU profile starts offline: the model and the template are in the image, nothing is downloaded."""
     llamacpp = _service("llamacpp")
-    assert llamacpp["image"].startswith("ghcr.io/ggml-org/llama.cpp:server")
+    dockerfile = _llamacpp_dockerfile()
+    text = dockerfile.read_text(encoding="utf-8")
+    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    # llama.cpp's `server` tag rolls; a `server-bNNNN` build tag pins it.
+    assert re.fullmatch(r"ghcr\.io/ggml-org/llama\.cpp:server-b\d+", bases[-1]), bases
     command = llamacpp["command"]
+    assert "-hf" not in command and "--hf-repo" not in command
+    model = PurePosixPath(command[command.index("--model") + 1])
+    template = PurePosixPath(command[command.index("--chat-template-file") + 1])
+    copied = {
+        PurePosixPath(line.split()[-1]) / PurePosixPath(line.split()[-2]).name
+        for line in re.findall(r"^COPY\s.*$", text, flags=re.MULTILINE)
+    }
+    assert model in copied and template in copied, copied
+    template_source = dockerfile.parent / template.name
+    assert "tools" in template_source.read_text(encoding="utf-8")
     assert "--jinja" in command
-    assert command[command.index("-hf") + 1].startswith("${LLAMACPP_MODEL:-")
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert command[command.index("--port") + 1] == "8081"
-    assert llamacpp["volumes"], "downloaded models would be lost on every restart"
 
 
 def test_env_example_lists_exactly_the_variables_the_configs_reference() -> None:

@@ -232,7 +232,10 @@ def test_mixed_turn_returns_client_calls_and_splices_follow_up(upstream: FakeUps
     first = client.chat.completions.create(model=MODEL, messages=USER, tools=[CLIENT_TOOL])  # type: ignore[list-item]
     message = first.choices[0].message
     assert first.choices[0].finish_reason == "tool_calls"
-    assert [c.id for c in message.tool_calls or []] == ["cli_1"]
+    [returned] = message.tool_calls or []
+    # The client sees an id minted by the gateway, not the upstream's reusable one.
+    assert returned.id != "cli_1" and returned.id.isalnum() and len(returned.id) == 9
+    assert (returned.function.name, returned.function.arguments) == ("open_door", client_call["function"]["arguments"])
     assert message.content == "Checking."
     assert len(upstream.bodies) == 1
 
@@ -240,15 +243,15 @@ def test_mixed_turn_returns_client_calls_and_splices_follow_up(upstream: FakeUps
     follow_up = [
         *USER,
         message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": "cli_1", "content": "opened"},
+        {"role": "tool", "tool_call_id": returned.id, "content": "opened"},
     ]
     final = client.chat.completions.create(model=MODEL, messages=follow_up, tools=[CLIENT_TOOL])  # type: ignore[arg-type, list-item]
     assert final.choices[0].message.content == "Door open, Rome is warm."
     sent = upstream.bodies[1]["messages"]
-    assert sent[1]["tool_calls"] == [server_call, client_call]
+    assert sent[1]["tool_calls"] == [server_call, {**client_call, "id": returned.id}]
     assert sent[2]["role"] == "tool" and sent[2]["tool_call_id"] == "srv_1"
     assert json.loads(sent[2]["content"])["location"] == "Rome"
-    assert sent[3] == {"role": "tool", "tool_call_id": "cli_1", "content": "opened"}
+    assert sent[3] == {"role": "tool", "tool_call_id": returned.id, "content": "opened"}
 
 
 def test_trace_extension_on_opt_in(upstream: FakeUpstream, gateway: Gateway) -> None:
@@ -314,3 +317,54 @@ def test_sync_tool_does_not_block_other_requests(upstream: FakeUpstream, gateway
         state["SYNC_RELEASE"].set()
         worker.join(timeout=10)
     assert blocked[0].choices[0].message.content == "tool finished"
+
+
+def test_a_round_cut_by_the_token_limit_runs_no_tool(upstream: FakeUpstream, gateway: Gateway) -> None:
+    runs = gateway.tool_state()["RUNS"]
+    before = list(runs)
+    cut = call("add", '{"a": 1, "b":', "cut1")
+    upstream.enqueue(completion("", [cut], "length"))
+    answer = gateway.client().chat.completions.create(model=MODEL, messages=USER)
+    assert answer.choices[0].finish_reason == "length"
+    assert runs == before and len(upstream.bodies) == 1
+
+
+def test_broken_arguments_are_never_sent_back_upstream(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion(None, [call("add", '{"a": 1, "b"', "bad1")]), completion("sorry"))
+    gateway.client().chat.completions.create(model=MODEL, messages=USER)
+    history = upstream.bodies[1]["messages"]
+    assert history[-2]["tool_calls"][0]["function"]["arguments"] == "{}"
+    error = json.loads(history[-1]["content"])
+    assert error["type"] == "invalid_arguments" and '{"a": 1, "b"' in error["error"]
+
+
+def test_n_above_one_with_server_tools_is_400(upstream: FakeUpstream, gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        gateway.client().chat.completions.create(model=MODEL, messages=USER, n=2)
+    assert isinstance(raised.value.body, dict) and raised.value.body["param"] == "n"
+    upstream.enqueue(completion("two answers"))
+    gateway.client().chat.completions.create(model=MODEL, messages=USER, n=2, tool_choice="none")
+    assert upstream.bodies[0]["n"] == 2
+
+
+def test_errors_after_a_tool_ran_tell_the_sdk_not_to_retry(upstream: FakeUpstream, gateway: Gateway) -> None:
+    runs = gateway.tool_state()["RUNS"]
+    before = runs.count("add")
+    upstream.enqueue(
+        completion(None, [call("add", {"a": 1, "b": 1}, "r1")]),
+        *[Json({"error": {"message": "overloaded"}}, status=503) for _ in range(3)],
+    )
+    retrying = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-test", max_retries=2)
+    with pytest.raises(openai.APIStatusError) as raised:
+        retrying.chat.completions.create(model=MODEL, messages=USER)
+    retrying.close()
+    assert raised.value.status_code == 503
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert runs.count("add") == before + 1, "the SDK retried and ran the tool again"
+
+
+def test_errors_before_any_tool_ran_leave_retrying_to_the_client(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(*[Json({"error": {"message": "overloaded"}}, status=503) for _ in range(3)])
+    with pytest.raises(openai.APIStatusError) as raised:
+        gateway.client().chat.completions.create(model=MODEL, messages=USER)
+    assert "x-should-retry" not in raised.value.response.headers

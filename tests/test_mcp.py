@@ -379,3 +379,23 @@ def test_tool_names_are_made_valid_function_names() -> None:
     assert function_name("files__", "read_file") == "files__read_file"
     assert function_name("files__", "fs.read/v2") == "files__fs_read_v2"
     assert len(function_name("x__", "n" * 100)) == 64
+
+
+def test_a_keys_tool_patterns_cover_mcp_tools(
+    web: ServerThread, upstream: FakeUpstream, make_gateway: GatewayFactory, call_log: Path
+) -> None:
+    web.start()
+    keys = [{"name": "echo-only", "key": "sk-echo-only-1", "tools": ["web__echo"]}]
+    gateway = make_gateway({"tools": {"mcp_servers": [http_config(web)]}, "auth": {"api_keys": keys}})
+    with gateway.http() as http:
+        wait_for(lambda: http.get("/readyz").status_code == 200, "the MCP server to connect")
+    upstream.enqueue(
+        completion(None, [call("web__echo", {"text": "hi"}, "m1"), call("web__stats", {"numbers": [1]}, "m2")]),
+        completion("done"),
+    )
+    client = gateway.client(api_key="sk-echo-only-1")
+    assert client.chat.completions.create(model=MODEL, messages=USER).choices[0].message.content == "done"  # type: ignore[arg-type]
+    assert offered(upstream, 0) == ["web__echo"]
+    echo, stats = (m["content"] for m in tool_messages(upstream.bodies[1]))
+    assert echo == "echo: hi" and json.loads(stats)["type"] == "unknown_tool"
+    assert [c["name"] for c in calls_seen(call_log)] == ["echo"]

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TOOL_FIXTURES, Gateway, GatewayFactory
 from tests.fake_upstream import MODEL, FakeUpstream, Json, Sse, call, chunk, completion
+from tests.redis_server import RedisServer
 from tests.test_deploy import _dashboard, _exprs, _panels, _template_queries, metric_names
 
 USER = [{"role": "user", "content": "add things"}]
@@ -76,9 +77,10 @@ def test_two_round_conversation_moves_series_by_exact_amounts(
     )
     assert delta("gateway_tool_rounds_count") == 1
     assert delta("gateway_tool_rounds_sum") == 2
-    assert delta("gen_ai_client_token_usage_sum", gen_ai_request_model=MODEL, gen_ai_token_type="input") == 450
-    assert delta("gen_ai_client_token_usage_sum", gen_ai_request_model=MODEL, gen_ai_token_type="output") == 37
-    assert delta("gateway_requests_total", gen_ai_request_model=MODEL, stream="false", status="200") == 1
+    usage = {"gen_ai_request_model": MODEL, "key": "anonymous"}
+    assert delta("gen_ai_client_token_usage_sum", **usage, gen_ai_token_type="input") == 450
+    assert delta("gen_ai_client_token_usage_sum", **usage, gen_ai_token_type="output") == 37
+    assert delta("gateway_requests_total", **usage, stream="false", status="200") == 1
     assert delta("gateway_upstream_requests_total", upstream="fake", outcome="ok") == 3
     assert delta("gateway_upstream_request_duration_seconds_count", upstream="fake") == 3
     assert delta("gateway_overhead_seconds_count", stream="false") == 1
@@ -146,6 +148,14 @@ def _free_port() -> int:
 
 
 def test_two_workers_share_metrics_and_log_json_without_secrets(upstream: FakeUpstream, tmp_path: Path) -> None:
+    redis_server = RedisServer().start()  # several workers need shared state
+    try:
+        _two_workers_share_metrics_and_log_json_without_secrets(upstream, tmp_path, redis_server.url)
+    finally:
+        redis_server.stop()
+
+
+def _two_workers_share_metrics_and_log_json_without_secrets(upstream: FakeUpstream, tmp_path: Path, redis: str) -> None:
     port = _free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
@@ -161,6 +171,7 @@ auth:
 tools:
   paths: ["{TOOL_FIXTURES}"]
 logging: {{level: debug, format: json}}
+state: {{backend: redis, redis_url: "{redis}"}}
 """
     )
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import httpx
 import openai
 import pytest
 
+from gateway.jsoncodec import dumps, loads_exact
 from tests.conftest import Gateway, GatewayFactory
 from tests.fake_upstream import MODEL, FakeUpstream, Hang, Json, Sse, chunk, completion
 
@@ -301,3 +303,95 @@ def test_metrics_endpoint_exposes_request_counter(upstream: FakeUpstream, gatewa
     gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     text = httpx.get(f"{gateway.url}/metrics").text
     assert "gateway_requests_total" in text
+
+
+def test_model_names_over_the_cap_are_400_and_never_cached(upstream: FakeUpstream, gateway: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        gateway.client().chat.completions.create(model="m" * 257, messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 400
+    assert isinstance(raised.value.body, dict) and raised.value.body["param"] == "model"
+    assert upstream.requests == []
+    assert "m" * 257 not in gateway.app.state.gateway.chat.router._cache
+
+
+def test_json_nested_past_the_limit_is_400(upstream: FakeUpstream, gateway: Gateway) -> None:
+    for depth in (300, 1100):
+        deep = (
+            '{"model": "' + MODEL + '", "messages": [{"role": "user", "content": ' + "[" * depth + "]" * depth + "}]}"
+        )
+        with gateway.http() as http:
+            response = http.post("/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
+        assert response.status_code == 400
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert upstream.requests == []
+
+
+def test_integers_beyond_64_bits_reach_the_upstream_exactly(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion("ok"))
+    big = 2**70
+    raw = '{"model": "' + MODEL + '", "messages": [{"role": "user", "content": "hi"}], "seed": ' + str(big) + "}"
+    with gateway.http() as http:
+        response = http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    assert json.loads(upstream.requests[0].raw)["seed"] == big == 1180591620717411303424
+
+
+def test_non_ascii_header_values_are_forwarded_as_sent(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(completion("ok"))
+    with gateway.http() as http:
+        response = http.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            headers=[
+                (b"x-team", "Zürich".encode()),
+                (b"x-latin1", "Zürich".encode("latin-1")),
+                (b"x-request-id", b"r\xe9q"),
+            ],
+        )
+    assert response.status_code == 200
+    forwarded = upstream.requests[0].headers
+    assert forwarded["x-team"].encode("latin-1") == "Zürich".encode()
+    # Bytes that are not UTF-8 cannot be sent on unchanged: dropped, never altered.
+    assert "x-latin1" not in forwarded
+    # A request id that is not plain ASCII is replaced, not echoed.
+    assert response.headers["x-request-id"].isascii() and response.headers["x-request-id"] != "r\xe9q"
+
+
+def test_configured_secrets_are_redacted_from_upstream_errors(
+    upstream: FakeUpstream, make_gateway: GatewayFactory
+) -> None:
+    gateway = make_gateway(upstream_overrides={"api_key": "sk-upstream-very-secret-42"})
+    echo = "Incorrect API key provided: sk-upstream-very-secret-42. Check Bearer sk-upstream-very-secret-42."
+    upstream.enqueue(Json({"error": {"message": echo, "type": "invalid_request_error"}}, status=401))
+    with pytest.raises(openai.AuthenticationError) as raised:
+        gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert "sk-upstream-very-secret-42" not in str(raised.value.body)
+    assert "[redacted]" in str(raised.value.body)
+
+
+def test_readiness_details_need_a_valid_key(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway({"auth": {"api_keys": ["sk-ready-check"]}})
+    with gateway.http() as http:
+        anonymous = http.get("/readyz")
+        wrong = http.get("/readyz", headers={"authorization": "Bearer nope"})
+        keyed = http.get("/readyz", headers={"authorization": "Bearer sk-ready-check"})
+    assert anonymous.status_code == wrong.status_code == keyed.status_code == 200
+    assert anonymous.json() == wrong.json() == {"status": "ready"}
+    assert keyed.json()["upstreams"] == {"fake": "ok"}
+
+
+def test_stream_whose_chunks_carry_no_choices_is_an_error(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(Sse([chunk(choices=[]), chunk(choices=[], usage={"prompt_tokens": 1})]))
+    with gateway.http() as http:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        response = http.post("/v1/chat/completions", json=body)
+    # Nothing reached the client before the fault, so it is an ordinary HTTP error, not an empty success.
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_stream_error"
+
+
+@pytest.mark.parametrize("number", [-(2**63) - 1, 2**64, -(2**70)])
+def test_integers_orjson_would_round_take_the_exact_path(number: int) -> None:
+    raw = b'{"seed":' + str(number).encode() + b"}"
+    assert loads_exact(raw) == {"seed": number}
+    assert dumps(loads_exact(raw)) == raw

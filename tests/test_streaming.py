@@ -271,9 +271,9 @@ def test_mixed_turn_forwards_client_calls_reindexed(upstream: FakeUpstream, gate
     upstream.enqueue(Sse(items))
     chunks = _stream(gateway, tools=[CLIENT_TOOL])
     deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
-    assert [(d.index, d.id, d.function.name, d.function.arguments) for d in deltas] == [
-        (0, "cli", "open_door", '{"door": "front"}')
-    ]
+    [minted] = [d.id for d in deltas]
+    assert minted and minted != "cli" and minted.isalnum() and len(minted) == 9
+    assert [(d.index, d.function.name, d.function.arguments) for d in deltas] == [(0, "open_door", '{"door": "front"}')]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     upstream.enqueue(_answer_round("Door open."))
     follow_up = [
@@ -282,15 +282,15 @@ def test_mixed_turn_forwards_client_calls_reindexed(upstream: FakeUpstream, gate
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "cli", "type": "function", "function": {"name": "open_door", "arguments": '{"door": "front"}'}}
+                {"id": minted, "type": "function", "function": {"name": "open_door", "arguments": '{"door": "front"}'}}
             ],
         },
-        {"role": "tool", "tool_call_id": "cli", "content": "opened"},
+        {"role": "tool", "tool_call_id": minted, "content": "opened"},
     ]
     assert _text(_stream(gateway, messages=follow_up, tools=[CLIENT_TOOL])) == "Door open."
     sent = upstream.bodies[1]["messages"]
-    assert [c["id"] for c in sent[1]["tool_calls"]] == ["srv", "cli"]
-    assert [m.get("tool_call_id") for m in sent[2:]] == ["srv", "cli"]
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["srv", minted]
+    assert [m.get("tool_call_id") for m in sent[2:]] == ["srv", minted]
 
 
 def test_client_only_calls_pass_through_complete(upstream: FakeUpstream, gateway: Gateway) -> None:
@@ -536,3 +536,28 @@ def test_finished_streams_leave_the_upstream_connection_reusable(upstream: FakeU
     assert _text(_stream(gateway)) == "two"
     first, second = upstream.requests
     assert first.peer == second.peer, "each stream opened a new upstream connection"
+
+
+def test_a_streamed_round_cut_by_the_token_limit_runs_no_tool(upstream: FakeUpstream, gateway: Gateway) -> None:
+    runs = gateway.tool_state()["RUNS"]
+    before = list(runs)
+    items = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "add", "arguments": '{"a": 1,'}}]}),
+        chunk({}, "length"),
+    ]
+    upstream.enqueue(Sse(items))
+    chunks = _stream(gateway)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert runs == before and len(upstream.bodies) == 1
+
+
+def test_stream_ends_with_the_round_count_in_a_comment(upstream: FakeUpstream, gateway: Gateway) -> None:
+    upstream.enqueue(_tool_round(*_weather_call()), _answer_round())
+    with gateway.http() as http:
+        body = {"model": MODEL, "messages": USER, "stream": True}
+        text = http.post("/v1/chat/completions", json=body).text
+    lines = [line for line in text.split("\n\n") if line]
+    assert lines[-1] == "data: [DONE]"
+    assert lines[-2].startswith(": gateway ")
+    assert json.loads(lines[-2].split(" ", 2)[2]) == {"tool_rounds": 1, "max_rounds_reached": False}

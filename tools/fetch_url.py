@@ -2,12 +2,14 @@
 
 The URL comes from a model, so it is treated as hostile (SSRF). Every hop, the
 first request and each redirect, resolves the host once, refuses it if any
-address is private, loopback, link-local, multicast, reserved, unspecified or
-otherwise not global, and then connects to exactly the address that was checked:
-the URL is rewritten to that IP, the original name goes in the ``Host`` header
-and, for https, in the TLS SNI (which is also the name the certificate is checked
-against). A DNS answer that changes between check and connect cannot redirect the
-request. Hosts, IPs or CIDRs in ``allow_hosts`` skip the address check.
+address is private, loopback, link-local, site-local, multicast, reserved,
+unspecified or otherwise not global (IPv6 addresses that embed an IPv4 one, as
+mapped, 6to4 or NAT64 addresses do, are judged by the IPv4 address they reach),
+and then connects to exactly the address that was checked: the URL is rewritten
+to that IP, the original name goes in the ``Host`` header and, for https, in the
+TLS SNI (which is also the name the certificate is checked against). A DNS
+answer that changes between check and connect cannot redirect the request.
+Hosts, IPs or CIDRs in ``allow_hosts`` skip the address check.
 
 Settings (``tools.settings.fetch_url``): ``allow_hosts`` (list, default empty),
 ``max_bytes`` (default 1 000 000), ``timeout_s`` (whole fetch, default 10).
@@ -66,8 +68,8 @@ class AllowList:
         return _normal_host(host) in self.hosts
 
     def allows_address(self, address: IPAddress) -> bool:
-        mapped = _mapped_ipv4(address)
-        candidates = [address] if mapped is None else [address, mapped]
+        embedded = _embedded_ipv4(address)
+        candidates = [address] if embedded is None else [address, embedded]
         return any(candidate in network for candidate in candidates for network in self.networks)
 
 
@@ -75,18 +77,36 @@ def _normal_host(host: str) -> str:
     return host.strip().rstrip(".").lower()
 
 
-def _mapped_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    return address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+_NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches through a translation, if it embeds one.
+
+    ::ffff:a.b.c.d (mapped), 2002:AABB:CCDD::/48 (6to4) and 64:ff9b::a.b.c.d (NAT64)
+    all lead to the IPv4 host; Python calls several of them global whatever they embed.
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in prefix for prefix in _NAT64_PREFIXES):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def blocked_reason(address: IPAddress) -> str | None:
     """Why ``address`` must not be fetched from, or None if it is a public address."""
-    mapped = _mapped_ipv4(address)
-    if mapped is not None:
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
         # ::ffff:127.0.0.1 reaches 127.0.0.1, yet some Pythons (3.11.7) do not call it loopback.
-        return blocked_reason(mapped)
+        return blocked_reason(embedded)
     checks = (
         ("unspecified", address.is_unspecified),
+        # fec0::/10, deprecated but still routed inside some networks; Python calls it global.
+        ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),

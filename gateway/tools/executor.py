@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -98,9 +99,16 @@ class ToolExecutor:
         """The per-request cap; one semaphore is shared by all rounds of a request."""
         return asyncio.Semaphore(self.max_parallel_calls)
 
-    async def run(self, call: ToolCall, context: ToolContext, slots: asyncio.Semaphore) -> ToolOutcome:
+    async def run(
+        self,
+        call: ToolCall,
+        context: ToolContext,
+        slots: asyncio.Semaphore,
+        allowed: Callable[[str], bool] | None = None,
+    ) -> ToolOutcome:
+        """Run one call; a tool the caller may not use (``allowed``) fails exactly like an unknown one."""
         started = time.perf_counter()
-        outcome = await self._run(call, context, slots, started)
+        outcome = await self._run(call, context, slots, started, allowed)
         tool_label = self.labels.tool(call.name)
         metrics.TOOL_CALLS.labels(tool_label, outcome.outcome).inc()
         metrics.TOOL_DURATION.labels("execute_tool", tool_label).observe(outcome.duration_s)
@@ -117,18 +125,27 @@ class ToolExecutor:
         )
         return outcome
 
-    async def _run(self, call: ToolCall, context: ToolContext, slots: asyncio.Semaphore, started: float) -> ToolOutcome:
+    async def _run(
+        self,
+        call: ToolCall,
+        context: ToolContext,
+        slots: asyncio.Semaphore,
+        started: float,
+        allowed: Callable[[str], bool] | None,
+    ) -> ToolOutcome:
         def failed(kind: Outcome, message: str) -> ToolOutcome:
             return ToolOutcome(call, _error_content(message, kind), kind, time.perf_counter() - started, message)
 
         tool = self.registry.get(call.name)
-        if tool is None:
-            known = ", ".join(t.name for t in self.registry.enabled())
+        if tool is None or (allowed is not None and not allowed(call.name)):
+            known = ", ".join(t.name for t in self.registry.enabled() if allowed is None or allowed(t.name))
             return failed("unknown_tool", f"Unknown tool {call.name!r}. Available tools: {known}.")
         try:
             arguments = orjson.loads(call.arguments) if call.arguments.strip() else {}
         except orjson.JSONDecodeError as exc:
-            return failed("invalid_arguments", f"Arguments are not valid JSON ({exc}). Send a JSON object.")
+            # The history carries "{}" in place of broken arguments, so quote what was sent.
+            sent = call.arguments if len(call.arguments) <= 200 else call.arguments[:200] + "…"
+            return failed("invalid_arguments", f"Arguments are not valid JSON ({exc}): {sent!r}. Send a JSON object.")
         if not isinstance(arguments, dict):
             return failed("invalid_arguments", "Arguments must be a JSON object.")
         try:

@@ -51,6 +51,10 @@ def text(body: str, content_type: str = "text/plain; charset=utf-8") -> Reply:
         ("http://192.168.1.1/", "private"),
         ("http://172.16.0.1/", "private"),
         ("http://[fd00::1]/", "private"),
+        # 6to4 and NAT64 reach the IPv4 address they embed: 192.168.1.1 and 127.0.0.1.
+        ("http://[2002:c0a8:101::1]/", "private"),
+        ("http://[64:ff9b::7f00:1]/", "loopback"),
+        ("http://[fec0::1]/", "site-local"),
         ("http://169.254.169.254/latest/meta-data/", "link-local"),
         ("http://[fe80::1]/", "link-local"),
         ("http://0.0.0.0/", "unspecified"),
@@ -66,7 +70,9 @@ def test_internal_addresses_are_refused(url: str, reason: str) -> None:
         fetch(url)
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address", ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111", "2002:808:808::1", "64:ff9b::808:808"]
+)
 def test_public_addresses_pass_the_check(address: str) -> None:
     assert module.blocked_reason(ipaddress.ip_address(address)) is None
 
