@@ -26,12 +26,12 @@ def _long_request(upstream: Upstream) -> dict[str, Any]:
     return {**LONG, "extra_body": {"ignore_eos": True}}
 
 
-def _eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
+def _eventually(check: Callable[[], bool], timeout_s: float = 10, interval_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return True
-        time.sleep(0.1)
+        time.sleep(interval_s)
     return check()
 
 
@@ -47,10 +47,16 @@ def _in_flight(gateway: GatewayProcess) -> float:
     return gateway.metrics()[("gateway_requests_in_flight", frozenset())]
 
 
+# llama.cpp checks whether a non-streamed request's client is still there only after a whole second in
+# which no result of any task arrived (each result wakes every waiting request and restarts its wait), and
+# every /slots call is such a task: polling /slots faster than that would itself keep the gone request alive.
+SLOTS_POLL_INTERVAL_S = 1.5
+
+
 def _assert_upstream_stops(upstream: Upstream) -> None:
     if upstream.busy_slots() is None:
         return
-    assert _eventually(lambda: upstream.busy_slots() == 0), (
+    assert _eventually(lambda: upstream.busy_slots() == 0, timeout_s=30, interval_s=SLOTS_POLL_INTERVAL_S), (
         f"llama.cpp is still generating for a gone client: {upstream.slots()}"
     )
 
@@ -59,7 +65,9 @@ def _assert_upstream_stops(upstream: Upstream) -> None:
 def _idle_upstream(upstream: Upstream) -> None:
     """Start from an idle upstream, so that a busy slot afterwards is this test's request."""
     if upstream.busy_slots() is not None:
-        assert _eventually(lambda: upstream.busy_slots() == 0), f"busy before the test: {upstream.slots()}"
+        assert _eventually(lambda: upstream.busy_slots() == 0, timeout_s=30, interval_s=SLOTS_POLL_INTERVAL_S), (
+            f"busy before the test: {upstream.slots()}"
+        )
 
 
 def test_stream_disconnect_cancels_the_upstream(
