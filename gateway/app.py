@@ -27,6 +27,7 @@ from gateway.errors import GatewayError, MethodNotAllowed, error_body, handle_ga
 from gateway.event_stream import EventStreamResponse
 from gateway.loop import LoopServices
 from gateway.metrics import Labels
+from gateway.passthrough import PassthroughService, serve_passthrough
 from gateway.policy import OPEN_POLICY, REFUSAL_REASONS, RateLimiter
 from gateway.redaction import Redactor
 from gateway.redis_continuations import RedisContinuationStore, redis_client
@@ -114,8 +115,10 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-    return json_response(error_body(str(exc.detail), kind), exc.status_code)
+    if exc.status_code == 404:
+        # OpenAI's words for a path it does not serve (a passthrough path not listed, say).
+        return json_response(error_body(f"Invalid URL ({request.method} {request.url.path})", "not_found"), 404)
+    return json_response(error_body(str(exc.detail), "invalid_request_error"), exc.status_code)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -128,17 +131,19 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 class GatewayApp:
-    """The ASGI app: chat completions served directly, everything else through FastAPI.
+    """The ASGI app: chat completions and passthrough paths served directly, everything else through FastAPI.
 
     The chat route is the hot path. FastAPI's middleware, routing and dependency
     layers cost about as much CPU as the gateway's own work per request, and the
     route needs none of them: it parses its own body and renders its own errors
-    through the same handler FastAPI would use.
+    through the same handler FastAPI would use. Passthrough paths are served the
+    same way, as they may stream.
     """
 
-    def __init__(self, api: FastAPI, chat: ChatService) -> None:
+    def __init__(self, api: FastAPI, chat: ChatService, passthrough: PassthroughService) -> None:
         self.api = api
         self.chat = chat
+        self.passthrough = passthrough
 
     @property
     def state(self) -> State:
@@ -146,7 +151,10 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != CHAT_PATH:
-            await self.api(scope, receive, send)
+            if scope["type"] == "http" and scope["path"] in self.passthrough.paths:
+                await self._passthrough(scope, receive, send)
+            else:
+                await self.api(scope, receive, send)
             return
         request = Request(scope, receive, send)
         response: Response | EventStreamResponse
@@ -154,6 +162,19 @@ class GatewayApp:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed on {CHAT_PATH}; use POST.")
             response = await serve_chat(self.chat, request)
+        except GatewayError as exc:
+            response = await handle_gateway_error(request, exc)
+        except Exception as exc:
+            response = await _unexpected_error(request, exc)
+        await response(scope, receive, send)
+
+    async def _passthrough(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        response: Response | EventStreamResponse
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}; use POST.")
+            response = await serve_passthrough(self.passthrough, request)
         except GatewayError as exc:
             response = await handle_gateway_error(request, exc)
         except Exception as exc:
@@ -168,6 +189,7 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayAp
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.mcp is not None:
             await state.mcp.start()
+        await state.start_watching_models()
         # Everything loaded so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise cost tens of ms at the tail.
         gc.collect()
@@ -176,6 +198,7 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayAp
             # Lifespan state reaches the server's protocol, which marks the app draining on shutdown.
             yield {DRAIN_STATE_KEY: state}  # type: ignore[misc]
         finally:
+            await state.stop_watching_models()
             if state.mcp is not None:
                 await state.mcp.close()
             await close_all(state.upstreams)
@@ -190,4 +213,4 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayAp
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return GatewayApp(app, state.chat)
+    return GatewayApp(app, state.chat, PassthroughService(state.chat, frozenset(config.server.passthrough_paths)))

@@ -114,7 +114,7 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def _request_id(value: str | None) -> str:
+def request_id_from(value: str | None) -> str:
     """The client's id when it is a sane token (it is echoed and logged), else a new one."""
     if value and len(value) <= 128 and value.isascii() and value.isprintable():
         return value
@@ -129,7 +129,7 @@ def _response_headers(request_id: str, stats: LoopStats) -> dict[str, str]:
 
 
 async def serve_chat(service: ChatService, request: Request) -> Response | EventStreamResponse:
-    request_id = _request_id(request.headers.get("x-request-id"))
+    request_id = request_id_from(request.headers.get("x-request-id"))
     request.state.request_id = request_id
     labels = service.services.labels
     record = RequestRecord(request_id, stream=False)

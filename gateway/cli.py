@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import yaml
 
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, masked
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, exposure_problem, load_config, masked
 from gateway.policy import KeyPolicy
 from gateway.tools.registry import ToolLoadError, ToolRegistry
 
@@ -57,6 +57,10 @@ def serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     workers = args.workers or config.server.workers
     configure_logging(config.logging.level, config.logging.format)
+    exposed = exposure_problem(host, config.server, config.auth)
+    if exposed is not None:
+        print(f"error: --host {host}: {exposed}", file=sys.stderr)
+        return 1
     if workers > 1 and config.state.backend == "memory":
         print(
             f"error: {workers} workers need shared state: with state.backend 'memory' each worker keeps its own "
@@ -83,7 +87,8 @@ def serve(args: argparse.Namespace) -> int:
         # multiprocess files, which must be configured before any worker starts.
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
-        os.environ["GATEWAY_CONFIG"] = str(Path(path).resolve())
+        # abspath, not resolve(): relative paths in the config stay relative to the folder it is mounted in.
+        os.environ["GATEWAY_CONFIG"] = os.path.abspath(path)
         create_app(config, base_dir=Path.cwd())  # fail fast on broken tools, before forking workers
         server_config = GatewayServerConfig(
             "gateway.cli:app_from_env", limits, factory=True, workers=workers, **options
@@ -122,6 +127,15 @@ def policy_problems(config: GatewayConfig, tool_names: list[str]) -> list[str]:
     return problems
 
 
+def path_problems(config: GatewayConfig) -> list[str]:
+    """Paths the config names that are not there; tool paths are checked by loading them."""
+    return [
+        f"tools.mcp_servers.{server.name}.cwd: {server.cwd}: no such directory"
+        for server in config.tools.mcp_servers
+        if server.cwd is not None and not Path(server.cwd).is_dir()
+    ]
+
+
 def check_config(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
     try:
@@ -129,7 +143,7 @@ def check_config(args: argparse.Namespace) -> int:
     except ToolLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    problems = policy_problems(config, registry.names())
+    problems = path_problems(config) + policy_problems(config, registry.names())
     registry.close()
     sys.stdout.write(yaml.safe_dump(masked(config), sort_keys=False))
     for problem in problems:
@@ -153,6 +167,8 @@ async def _list_mcp_tools(config: GatewayConfig, registry: ToolRegistry) -> dict
 
 def tools_list(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config))
+    # What loading logs as it goes (a tools.enabled name an MCP server provides later) is printed once, at the end.
+    logging.getLogger("gateway.tools").setLevel(logging.ERROR)
     try:
         registry = ToolRegistry.from_config(config.tools, base_dir=Path.cwd())
     except ToolLoadError as exc:
@@ -161,6 +177,8 @@ def tools_list(args: argparse.Namespace) -> int:
     if config.tools.mcp_servers:
         for name, error in asyncio.run(_list_mcp_tools(config, registry)).items():
             print(f"warning: MCP server {name!r} is unavailable: {error or 'no answer yet'}", file=sys.stderr)
+    for skipped in registry.skipped():
+        print(f"skipped: {skipped.name!r} from {skipped.source}: {skipped.reason}", file=sys.stderr)
     allowed = _key_policy(config, args.key).allows_tool if args.key else None
     listing = [
         {**t.definition(), "x_source": t.source} for t in registry.enabled() if allowed is None or allowed(t.name)

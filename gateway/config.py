@@ -1,12 +1,16 @@
 """The gateway's YAML configuration, validated once into typed objects.
 
-Strings may reference the environment as ``${VAR}`` (an error when unset) or
-``${VAR:-default}``. Every model forbids unknown keys, so a typo in the file is
-an error at start-up rather than a setting silently ignored.
+Strings may reference the environment as ``${VAR}`` (an error when unset),
+``${VAR:-default}`` (the default when unset or empty, as in the shell) or
+``${VAR:?message}`` (an error saying ``message`` when unset or empty). Every model
+forbids unknown keys, so a typo in the file is an error at start-up rather than a
+setting silently ignored. Relative paths in the file are relative to the file's folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -14,11 +18,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATH = "config/gateway.yaml"
 
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
 
 
 class ConfigError(Exception):
@@ -36,12 +48,102 @@ def _duplicates(names: list[str]) -> list[str]:
     return sorted({n for n in names if names.count(n) > 1})
 
 
+LOOPBACK_HOST = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the port to this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name, or "" (every interface)
+
+
+def exposure_problem(host: str, server: ServerConfig, auth: AuthConfig) -> str | None:
+    """Why listening on ``host`` is refused: reachable from other machines, no keys, and not said on purpose."""
+    if is_loopback(host) or auth.api_keys or server.allow_unauthenticated_public:
+        return None
+    return (
+        f"server.host is {host!r}, reachable from other machines, but auth.api_keys is empty: anyone who reaches "
+        "the port could use the upstreams (and their keys) and run the server's tools. Add keys under "
+        f"auth.api_keys, listen on {LOOPBACK_HOST}, or set server.allow_unauthenticated_public: true to serve "
+        "without keys on purpose (behind a proxy that authenticates, or on a private network)."
+    )
+
+
+# Values copied from examples and docs: a gateway key equal to one of these protects nothing.
+PLACEHOLDER_KEYS = frozenset(
+    {
+        "change-me",
+        "changeme",
+        "change_me",
+        "sk-change-me",
+        "sk-changeme",
+        "your-key-here",
+        "your_key_here",
+        "your-api-key",
+        "your_api_key",
+        "your-api-key-here",
+        "sk-your-key-here",
+        "api-key",
+        "api_key",
+        "apikey",
+        "key",
+        "secret",
+        "password",
+        "token",
+        "placeholder",
+        "example",
+        "test",
+        "todo",
+        "xxx",
+        "sk-xxx",
+        "sk-...",
+        "...",
+        "sk-",
+    }
+)
+_PLACEHOLDER_DIGESTS = frozenset(hashlib.sha256(k.encode()).hexdigest() for k in PLACEHOLDER_KEYS | {""})
+
+
+def placeholder_reason(key: str) -> str | None:
+    """Why ``key`` is not a real secret, or None."""
+    normalized = key.strip().lower()
+    if not normalized:
+        return "is empty"
+    if normalized in PLACEHOLDER_KEYS or (normalized.startswith("<") and normalized.endswith(">")):
+        return f"is the placeholder {key!r}"
+    return None
+
+
+def beside_config(path: str, info: ValidationInfo) -> str:
+    """A relative path as seen from the config file's folder (``base_dir`` in the validation context).
+
+    Without a ``base_dir`` (a config validated from data, not read from a file) the path is left as it is.
+    The join is lexical, so ``../tools`` beside ``/app/config/gateway.yaml`` is ``/app/tools`` even when the
+    file is a symlink, as Kubernetes mounts ConfigMaps.
+    """
+    base_dir = (info.context or {}).get("base_dir")
+    path = os.path.expanduser(path)
+    if base_dir is None or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ServerConfig(_Strict):
-    host: str = "0.0.0.0"
+    host: str = Field(
+        LOOPBACK_HOST, description="default: 0.0.0.0 when auth.api_keys is set, else 127.0.0.1 (see GatewayConfig)"
+    )
+    allow_unauthenticated_public: bool = Field(
+        False, description="listen on a non-loopback host with auth.api_keys empty: open to anyone who reaches it"
+    )
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
@@ -55,6 +157,26 @@ class ServerConfig(_Strict):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests and streams may take to finish"
     )
+    passthrough_paths: list[str] = Field(
+        default_factory=lambda: ["/v1/embeddings", "/v1/completions"],
+        description="JSON endpoints forwarded as sent to the upstream serving the body's model",
+    )
+
+    @field_validator("passthrough_paths")
+    @classmethod
+    def _plain_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            # Compared with the request's path as is: no query, no dot segments, nothing the gateway serves itself.
+            if not re.fullmatch(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+", path):
+                raise ValueError(f"{path!r} is not a plain path like /v1/embeddings")
+            if path in ("/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics") or path.startswith(
+                "/v1/models/"
+            ):
+                raise ValueError(f"{path} is served by the gateway itself")
+        duplicates = _duplicates(value)
+        if duplicates:
+            raise ValueError(f"duplicate passthrough paths: {', '.join(duplicates)}")
+        return value
 
 
 class TimeoutConfig(_Strict):
@@ -128,6 +250,27 @@ class ApiKey(_Strict):
             raise ValueError("set exactly one of 'key' or 'key_sha256'")
         return self
 
+    @field_validator("key", mode="before")
+    @classmethod
+    def _not_a_placeholder(cls, value: Any, info: ValidationInfo) -> Any:
+        reason = placeholder_reason(value) if isinstance(value, str) else None
+        if reason is not None:
+            raise ValueError(
+                f"the key of entry {info.data.get('name', '?')!r} {reason}, which protects nothing: "
+                "set a real secret, e.g. from the environment as ${GATEWAY_KEY:?set a gateway key}"
+            )
+        return value
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _not_a_placeholder_digest(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value.lower() in _PLACEHOLDER_DIGESTS:
+            raise ValueError(
+                f"key_sha256 of entry {info.data.get('name', '?')!r} is the digest of a placeholder key, "
+                "which protects nothing: hash a real secret"
+            )
+        return value
+
 
 class AuthConfig(_Strict):
     api_keys: list[ApiKey] = Field(default_factory=list)
@@ -175,6 +318,14 @@ class McpServerConfig(_Strict):
     allow: list[str] | None = None
     timeout_s: float = Field(30.0, gt=0)
     prefix: str | None = None
+    ping_interval_s: float = Field(
+        5.0, gt=0, description="HTTP servers: how often a ping checks the connection; it must answer within this time"
+    )
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_beside_config(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else beside_config(value, info)
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServerConfig:
@@ -194,6 +345,12 @@ class ToolsConfig(_Strict):
         default_factory=dict, description="per-tool settings, read by the tool through its context"
     )
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
+
+    @field_validator("paths")
+    @classmethod
+    def _paths_beside_config(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # Only paths the file sets: the default, tools/, stays in the working directory (the image's /app/tools).
+        return [beside_config(path, info) for path in value]
 
     @field_validator("mcp_servers")
     @classmethod
@@ -227,6 +384,26 @@ class GatewayConfig(_Strict):
     state: StateConfig = Field(default_factory=StateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_host(cls, data: Any) -> Any:
+        """An unset server.host: every interface when gateway keys guard it, else loopback only."""
+        if not isinstance(data, dict):
+            return data
+        server = data.get("server") or {}
+        auth = data.get("auth") or {}
+        if not isinstance(server, dict) or not isinstance(auth, dict) or "host" in server:
+            return data
+        host = ALL_INTERFACES if auth.get("api_keys") else LOOPBACK_HOST
+        return {**data, "server": {**server, "host": host}}
+
+    @model_validator(mode="after")
+    def _keys_or_loopback(self) -> GatewayConfig:
+        problem = exposure_problem(self.server.host, self.server, self.auth)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
     @model_validator(mode="after")
     def _shared_state_for_workers(self) -> GatewayConfig:
         if self.server.workers > 1 and self.state.backend == "memory":
@@ -257,7 +434,7 @@ class GatewayConfig(_Strict):
 
 
 def interpolate(value: Any, environ: dict[str, str], path: str, missing: list[str]) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    """Replace ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` in every string of a parsed YAML tree."""
     if isinstance(value, dict):
         return {k: interpolate(v, environ, f"{path}.{k}" if path else str(k), missing) for k, v in value.items()}
     if isinstance(value, list):
@@ -266,19 +443,30 @@ def interpolate(value: Any, environ: dict[str, str], path: str, missing: list[st
         return value
 
     def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
+        name, operator, word = match.group(1), match.group(2), match.group(3)
+        found = environ.get(name)
+        # As in the shell and compose: with a colon, an empty value counts as unset.
+        if found is not None and (operator is None or found):
+            return found
+        if operator == ":-":
+            return word
+        if operator == ":?":
+            state = "is empty" if found == "" else "is not set"
+            missing.append(f"{path}: environment variable {name} {state}{': ' + word if word else ''}")
+            return ""
         missing.append(f"{path}: environment variable {name} is not set")
         return ""
 
     return _ENV_REFERENCE.sub(substitute, value)
 
 
-def parse_config(text: str, source: str, environ: dict[str, str] | None = None) -> GatewayConfig:
-    """Validate YAML text; raise ConfigError with ``source: key.path: message`` lines."""
+def parse_config(
+    text: str, source: str, environ: dict[str, str] | None = None, base_dir: str | os.PathLike[str] | None = None
+) -> GatewayConfig:
+    """Validate YAML text; raise ConfigError with ``source: key.path: message`` lines.
+
+    Relative paths in it are taken from ``base_dir``, the config file's folder, when given.
+    """
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -290,7 +478,8 @@ def parse_config(text: str, source: str, environ: dict[str, str] | None = None) 
     if missing:
         raise ConfigError([f"{source}: {m}" for m in missing])
     try:
-        return GatewayConfig.model_validate(resolved)
+        context = {"base_dir": None if base_dir is None else os.fspath(base_dir)}
+        return GatewayConfig.model_validate(resolved, context=context)
     except ValidationError as exc:
         raise ConfigError(
             [f"{source}: {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors()]
@@ -304,7 +493,8 @@ def load_config(path: str | Path | None = None) -> GatewayConfig:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from exc
-    return parse_config(text, str(source))
+    # abspath, not resolve(): a symlinked file (a Kubernetes ConfigMap) keeps the folder it is mounted in.
+    return parse_config(text, str(source), base_dir=os.path.dirname(os.path.abspath(source)))
 
 
 _SECRET_KEYS = {"api_key", "key", "authorization", "token", "password", "secret"}

@@ -36,7 +36,9 @@ REQUESTS = Counter(
     ["gen_ai_request_model", "stream", "status", "key"],
 )
 REQUESTS_IN_FLIGHT = Gauge(
-    "gateway_requests_in_flight", "Chat completion requests being served.", multiprocess_mode="livesum"
+    "gateway_requests_in_flight",
+    "Requests being served: chat completions and passthrough endpoints.",
+    multiprocess_mode="livesum",
 )
 REQUEST_DURATION = Histogram(
     "gen_ai_server_request_duration_seconds",
@@ -102,6 +104,24 @@ STATE_ERRORS = Counter(
     "gateway_state_errors",
     "Failed calls to the shared state backend (Redis), by operation; the request went on without it.",
     ["operation"],
+)
+MCP_SERVER_UP = Gauge(
+    "gateway_mcp_server_up",
+    "1 while the MCP server is connected and its tools are offered, else 0. With several workers, the lowest.",
+    ["server"],
+    # Each worker holds its own connection: one worker without the server is an outage worth seeing.
+    multiprocess_mode="livemin",
+)
+PASSTHROUGH_REQUESTS = Counter(
+    "gateway_passthrough_requests",
+    "Requests to passthrough endpoints (server.passthrough_paths) by path, model, stream mode, status and key name.",
+    ["path", "gen_ai_request_model", "stream", "status", "key"],
+)
+PASSTHROUGH_DURATION = Histogram(
+    "gateway_passthrough_request_duration_seconds",
+    "Time to serve a passthrough request, to the end of its answer.",
+    ["path", "gen_ai_request_model", "stream"],
+    buckets=LATENCY_BUCKETS,
 )
 
 # Series with a fixed label set exist from the start, so rate() and dashboards see zeros, not gaps.

@@ -53,8 +53,8 @@ class ChatRequest(BaseModel):
         return messages
 
 
-def parse_chat_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, ChatRequest]:
-    """Parse the body once; return the dict to forward and its validated view."""
+def _load_object(raw: bytes, max_model_chars: int) -> Json:
+    """The body as a JSON object, exact to the last digit, its ``model`` (if a string) within the cap."""
     try:
         body = loads_exact(raw)
     except JsonDepthError as exc:
@@ -71,6 +71,21 @@ def parse_chat_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, Ch
             param="model",
             code="invalid_value",
         )
+    return body
+
+
+def parse_model_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, str]:
+    """Any JSON request routed by its ``model`` (embeddings, completions...): the dict and the model."""
+    body = _load_object(raw, max_model_chars)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    return body, model
+
+
+def parse_chat_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, ChatRequest]:
+    """Parse the body once; return the dict to forward and its validated view."""
+    body = _load_object(raw, max_model_chars)
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as exc:

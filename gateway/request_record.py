@@ -65,6 +65,11 @@ class RequestRecord:
             )
         if error is not None:
             fields["error"] = error
-        if log.isEnabledFor(logging.INFO):
-            # makeRecord + handle is what log.info does, less finding the caller's frame on every request.
-            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None, extra=fields))
+        write_log(fields)
+
+
+def write_log(fields: dict[str, Any]) -> None:
+    """One request's log line."""
+    if log.isEnabledFor(logging.INFO):
+        # makeRecord + handle is what log.info does, less finding the caller's frame on every request.
+        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None, extra=fields))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.errors import ModelNotFound, UpstreamError
 from gateway.sse import SSEBatch
 from gateway.upstream import Upstream, UpstreamHeaders
+
+T = TypeVar("T")
 
 
 def _spent(exc: UpstreamError) -> UpstreamError:
@@ -41,17 +43,13 @@ class Route:
     async def complete(self, body: dict[str, Any], headers: UpstreamHeaders) -> tuple[dict[str, Any], float]:
         """The upstream's answer, and the seconds spent waiting on upstreams for it."""
         started = time.perf_counter()
-        last: UpstreamError | None = None
-        for target in self.targets:
+
+        async def send(target: Target) -> dict[str, Any]:
             body["model"] = target.model
-            try:
-                answer = await target.upstream.complete(body, headers)
-            except UpstreamError as exc:
-                last = _spent(exc)
-                continue
-            return answer, time.perf_counter() - started
-        assert last is not None
-        raise last
+            return await target.upstream.complete(body, headers)
+
+        answer = await self.first_answer(send)
+        return answer, time.perf_counter() - started
 
     @asynccontextmanager
     async def stream(
@@ -70,6 +68,17 @@ class Route:
             async with stack:
                 yield target, payloads
             return
+        assert last is not None
+        raise last
+
+    async def first_answer(self, send: Callable[[Target], Awaitable[T]]) -> T:
+        """``send`` to each target in turn: the next only once the previous one's retries are spent."""
+        last: UpstreamError | None = None
+        for target in self.targets:
+            try:
+                return await send(target)
+            except UpstreamError as exc:
+                last = _spent(exc)
         assert last is not None
         raise last
 

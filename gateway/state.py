@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,13 @@ from gateway.upstream import Upstream
 if TYPE_CHECKING:
     from gateway.tools.mcp import McpSources
 
+log = logging.getLogger("gateway")
+
 READINESS_CACHE_S = 1.0
+# The ``*`` upstreams' own model lists name metric labels: fetched at start-up (waited for this
+# long at most, so a slow upstream does not hold it up), then refreshed this often.
+MODELS_STARTUP_WAIT_S = 2.0
+MODELS_REFRESH_S = 60.0
 
 
 @dataclass
@@ -33,6 +41,7 @@ class GatewayState:
     state_client: redis.Redis | None = None
     draining: bool = False
     _readiness: tuple[float, asyncio.Future[dict[str, Any]]] | None = None
+    _models_watch: asyncio.Future[None] | None = None
 
     async def readiness(self) -> dict[str, Any]:
         """Every upstream probed and every tool source's state; probes are shared for a
@@ -52,7 +61,13 @@ class GatewayState:
         reachable = await asyncio.gather(*(u.probe() for u in self.upstreams.values()))
         upstreams = {name: "ok" if ok else "unreachable" for name, ok in zip(names, reachable, strict=True)}
         sources = self.tool_source_status()
-        ready = all(reachable) and all(s == "ok" for s in sources.values())
+        # Ready while every client-facing model has a reachable target, its primary or a fallback.
+        unserved = [m for m, targets in self.route_targets().items() if all(upstreams[t] != "ok" for t in targets)]
+        # MCP servers never make the gateway unready; the detail and gateway_mcp_server_up show them. Readiness
+        # decides whether a replica gets traffic: chat is served without a down server's tools (they are withdrawn),
+        # and an HTTP MCP server is shared by every replica, so a 503 would take them all out at once, turning
+        # a tool outage into a chat outage that moving traffic to another replica could not fix.
+        ready = not unserved
         state = {"backend": self.config.state.backend, "status": "ok"}
         if self.state_client is not None and not await redis_reachable(self.state_client, self.config.state.timeout_s):
             # Only mixed turns need it; every other request is served, so this degrades, it does not unready.
@@ -60,10 +75,54 @@ class GatewayState:
         return {
             "status": "ready" if ready else "not_ready",
             "upstreams": upstreams,
+            "unserved_models": unserved,
             "tool_sources": sources,
+            "mcp_servers": self.mcp.detail() if self.mcp is not None else {},
             "state": state,
             "checked_at": int(time.time()),
         }
+
+    def route_targets(self) -> dict[str, tuple[str, ...]]:
+        """Each configured client-facing model (``*``: any other name) and the upstreams that may serve it."""
+        routes: dict[str, tuple[str, ...]] = {}
+        for upstream in self.config.upstreams:
+            for model in (*upstream.models, *upstream.model_map):
+                serving = self.config.upstream_for(model)
+                if serving is not None and model not in routes:
+                    routes[model] = (serving.name, *(f.upstream for f in serving.fallbacks))
+        return routes
+
+    async def start_watching_models(self) -> None:
+        """Admit the ``*`` upstreams' own models as metric labels now, waiting at most
+        ``MODELS_STARTUP_WAIT_S``, then again every ``MODELS_REFRESH_S`` in the background."""
+        if not any("*" in u.models for u in self.config.upstreams):
+            return
+        first = asyncio.ensure_future(self.discover_models())
+        await asyncio.wait((first,), timeout=MODELS_STARTUP_WAIT_S)
+        self._models_watch = asyncio.ensure_future(self._watch_models(first))
+
+    async def stop_watching_models(self) -> None:
+        if self._models_watch is not None:
+            self._models_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._models_watch
+
+    async def _watch_models(self, first: asyncio.Future[None]) -> None:
+        await first
+        while True:
+            await asyncio.sleep(MODELS_REFRESH_S)
+            await self.discover_models()
+
+    async def discover_models(self) -> None:
+        """Admit the models each ``*`` upstream lists as metric labels (bounded by ``Labels``)."""
+        wildcard = [self.upstreams[u.name] for u in self.config.upstreams if "*" in u.models]
+        try:
+            listed = await asyncio.gather(*(u.fetch_models() for u in wildcard))
+        except Exception as exc:  # never let a refresh end the watch: labels fold into ``other`` meanwhile
+            log.warning("listing upstream models failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return
+        for models in listed:
+            self.chat.services.labels.discover_models(m["id"] for m in models)
 
     def tool_source_status(self) -> dict[str, str]:
         """Readiness of external tool sources (MCP servers), by name."""

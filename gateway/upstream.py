@@ -132,6 +132,7 @@ class Upstream:
         self._headers = headers
         self._chat_url = URL(f"{config.base_url}/chat/completions")
         self._models_url = URL(f"{config.base_url}/models")
+        self._endpoints: dict[str, URL] = {}
         # ``connect`` bounds waiting for a pooled connection as well as opening one.
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=config.timeout_s.connect, sock_read=config.timeout_s.read
@@ -263,31 +264,77 @@ class Upstream:
         from the iterator, for the caller to report in-stream.
         """
         content = _encode(body)
-
-        async def attempt() -> aiohttp.ClientResponse:
-            try:
-                response = await self.session.post(self._chat_url, data=content, headers=headers)
-                if response.status >= 400:
-                    try:
-                        error_content = await response.read()
-                    finally:
-                        response.release()
-                    raise self._status_error(response.status, response.headers, error_content)
-            except _CLIENT_ERRORS as exc:
-                raise self._translate(exc) from exc
-            return response
-
-        response = await self._with_retries(attempt)
+        response = await self._with_retries(lambda: self._open(self._chat_url, content, headers))
         try:
             yield self._payloads(response)
         finally:
             # Read to the end: the connection goes back to the pool. Cut short: it is closed.
             response.release()
 
+    async def _open(self, url: URL, content: bytes, headers: UpstreamHeaders) -> aiohttp.ClientResponse:
+        """One POST, up to its response headers; an error status is read and raised as UpstreamStatus."""
+        try:
+            response = await self.session.post(url, data=content, headers=headers)
+            if response.status >= 400:
+                try:
+                    error_content = await response.read()
+                finally:
+                    response.release()
+                raise self._status_error(response.status, response.headers, error_content)
+        except _CLIENT_ERRORS as exc:
+            raise self._translate(exc) from exc
+        return response
+
     async def _payloads(self, response: aiohttp.ClientResponse) -> AsyncIterator[SSEBatch]:
         try:
             async for item in read_sse(response.content.iter_any()):
                 yield item
+        except _CLIENT_ERRORS as exc:
+            raise self._translate(exc) from exc
+
+    def endpoint(self, path: str) -> URL:
+        """The upstream URL of a client-facing path: ``/v1/x`` is ``x`` under ``base_url``; any other path
+        (vLLM's ``/tokenize``) is beside ``base_url``'s ``/v1``, or under ``base_url`` when it has none."""
+        url = self._endpoints.get(path)
+        if url is None:
+            base = self.config.base_url
+            url = URL(base + path[3:] if path.startswith("/v1/") else base.removesuffix("/v1") + path)
+            self._endpoints[path] = url
+        return url
+
+    async def forward(self, path: str, content: bytes, headers: UpstreamHeaders) -> tuple[int, bytes]:
+        """POST a client's body to ``path``; the answer's status and bytes, retried like ``complete``."""
+        url = self.endpoint(path)
+
+        async def attempt() -> tuple[int, bytes]:
+            response = await self._open(url, content, headers)
+            try:
+                return response.status, await response.read()
+            except _CLIENT_ERRORS as exc:
+                raise self._translate(exc) from exc
+            finally:
+                response.release()
+
+        return await self._with_retries(attempt)
+
+    @asynccontextmanager
+    async def forward_stream(
+        self, path: str, content: bytes, headers: UpstreamHeaders
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST a client's body to ``path`` and yield the response once its headers are in (opening is
+        retried); the caller reads it through ``pieces``."""
+        url = self.endpoint(path)
+        response = await self._with_retries(lambda: self._open(url, content, headers))
+        try:
+            yield response
+        finally:
+            response.release()
+
+    async def pieces(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """A response's body as it arrives, failures as UpstreamError."""
+        try:
+            async for piece in response.content.iter_any():
+                yield piece
         except _CLIENT_ERRORS as exc:
             raise self._translate(exc) from exc
 
@@ -304,18 +351,22 @@ class Upstream:
         now = time.monotonic()
         if self._models_cache and now - self._models_cache[0] < MODELS_CACHE_S:
             return self._models_cache[1]
-        models: list[dict[str, Any]] = []
+        models = await self.fetch_models()
+        self._models_cache = (now, models)
+        return models
+
+    async def fetch_models(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """The upstream's own ``/models`` list, uncached; empty when it has none or does not answer."""
         try:
-            async with self.session.get(self._models_url, timeout=aiohttp.ClientTimeout(total=5.0)) as response:
+            async with self.session.get(self._models_url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 content = await response.read()
                 ok = response.status == 200
             data = orjson.loads(content).get("data") if ok else None
-            if isinstance(data, list):
-                models = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
         except (*_CLIENT_ERRORS, orjson.JSONDecodeError, AttributeError):
-            models = []
-        self._models_cache = (now, models)
-        return models
+            return []
+        if not isinstance(data, list):
+            return []
+        return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 async def close_all(upstreams: dict[str, Upstream]) -> None:

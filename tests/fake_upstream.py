@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible upstream on a real loopback port.
 
 Tests queue replies (JSON bodies, SSE chunk lists with any quirk, hangs, errors);
-each request to ``/v1/chat/completions`` takes the next one. Every request is
+each request to ``/v1/chat/completions`` (or a passthrough endpoint: embeddings,
+completions, rerank, vLLM's root ``/tokenize``) takes the next one. Every request is
 recorded so tests can assert on exactly what the gateway sent.
 """
 
@@ -138,11 +139,15 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.disconnected = threading.Event()
         self.models: list[str] = [MODEL]
+        # Set: ``/v1/models`` answers only once this is set (or after 10 s).
+        self.models_gate: threading.Event | None = None
         self._lock = threading.Lock()
+        passthrough = ("/v1/embeddings", "/v1/completions", "/v1/rerank", "/tokenize")
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                *(Route(path, self._chat, methods=["POST"]) for path in passthrough),
             ]
         )
         self.server = ServerThread(app)
@@ -159,6 +164,8 @@ class FakeUpstream:
         for reply in self.replies:
             if isinstance(reply, Hang):
                 reply.release.set()
+        if self.models_gate is not None:
+            self.models_gate.set()
         self.server.stop()
 
     def enqueue(self, *replies: Reply) -> None:
@@ -170,6 +177,8 @@ class FakeUpstream:
         return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
 
     async def _models(self, request: Request) -> Response:
+        if self.models_gate is not None:
+            await asyncio.to_thread(self.models_gate.wait, 10)
         data = [{"id": m, "object": "model", "created": 1, "owned_by": "fake"} for m in self.models]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 

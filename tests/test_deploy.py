@@ -13,19 +13,25 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
 from gateway import metrics
-from gateway.config import DEFAULT_CONFIG_PATH, GatewayConfig, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
+LOCK_FILE = ROOT / "requirements.lock"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_CONFIG = ROOT / "config" / "prometheus.yml"
 GRAFANA_DIR = ROOT / "config" / "grafana"
@@ -194,6 +200,69 @@ def test_dockerfile_serves_the_default_config_from_app(monkeypatch: pytest.Monke
     _load_without_environment(monkeypatch, ROOT / DEFAULT_CONFIG_PATH)
 
 
+def test_image_default_config_listens_on_every_interface_only_with_keys_or_on_purpose() -> None:
+    image_env = _env(_final_stage())
+    config_path = PurePosixPath(image_env["GATEWAY_CONFIG"])
+    text = (ROOT / DEFAULT_CONFIG_PATH).read_text(encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, str(config_path), image_env, base_dir=config_path.parent)
+    assert "server.allow_unauthenticated_public" in "\n".join(refused.value.problems)
+    opened = {**image_env, "GATEWAY_ALLOW_UNAUTHENTICATED_PUBLIC": "true"}
+    config = parse_config(text, str(config_path), opened, base_dir=config_path.parent)
+    assert config.server.host == "0.0.0.0"
+    # Resolved from the config's folder, /app/config: the tools the image copies to /app/tools.
+    assert config.tools.paths == ["/app/tools"]
+    # Outside the image (`make run`), the same file keeps to this machine.
+    assert parse_config(text, "gateway.yaml", {}).server.host == "127.0.0.1"
+
+
+def _lock() -> dict[str, tuple[Requirement, list[str]]]:
+    """Each requirement of requirements.lock by normalised name, with its hashes."""
+    text = re.sub(r"\\\n\s*", " ", LOCK_FILE.read_text(encoding="utf-8"))
+    entries: dict[str, tuple[Requirement, list[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *hashes = re.split(r"\s+--hash=", line)
+        parsed = Requirement(requirement)
+        entries[canonicalize_name(parsed.name)] = (parsed, hashes)
+    return entries
+
+
+def test_requirements_lock_pins_every_runtime_dependency_of_pyproject() -> None:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    lock = _lock()
+    assert lock, "requirements.lock is empty"
+    for line in dependencies:
+        wanted = Requirement(line)
+        name = canonicalize_name(wanted.name)
+        assert name in lock, f"{wanted.name} is a dependency in pyproject.toml but not in requirements.lock: make lock"
+        pinned, _ = lock[name]
+        (version,) = [Version(spec.version) for spec in pinned.specifier]
+        assert wanted.specifier.contains(version, prereleases=True), f"{pinned} does not satisfy {wanted}: make lock"
+        assert str(pinned.marker) == str(wanted.marker), f"{pinned} lost the marker of {wanted}"
+    for name, (pinned, hashes) in lock.items():
+        assert [spec.operator for spec in pinned.specifier] == ["=="], f"{name} is not pinned to one version"
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), f"{name} has no hashes"
+
+
+def test_dockerfile_installs_locked_dependencies_in_a_layer_before_the_code() -> None:
+    """A code change rebuilds from `COPY gateway/` on; the dependencies' layer stays cached."""
+    (builder,) = [stage for stage in _dockerfile_stages() if any("gateway/" in i.arguments for i in stage)]
+    steps = [i for i in builder if i.keyword in {"COPY", "RUN"}]
+    installs = [n for n, i in enumerate(steps) if i.keyword == "RUN" and re.search(r"\bpip3?\s+install\b", i.arguments)]
+    copies = {n: i.arguments.split()[:-1] for n, i in enumerate(steps) if i.keyword == "COPY"}
+    lock_install = next(n for n in installs if f"-r {LOCK_FILE.name}" in steps[n].arguments)
+    assert "--require-hashes" in steps[lock_install].arguments
+    # Before the dependencies are installed, only the lock is in the build context.
+    assert [sources for n, sources in copies.items() if n < lock_install] == [[LOCK_FILE.name]]
+    code = next(n for n, sources in copies.items() if "gateway/" in sources)
+    assert code > lock_install
+    (project_install,) = [n for n in installs if n > code]
+    assert "--no-deps" in steps[project_install].arguments
+
+
 # --- docker-compose.yml ---------------------------------------------------------------------
 
 
@@ -299,7 +368,7 @@ def test_compose_replicas_share_redis_behind_a_round_robin_balancer(monkeypatch:
     [
         ("gateway", ":8080/healthz"),
         ("vllm", ":8000/health"),
-        ("llamacpp", ":8081/health"),
+        ("llamacpp", ":8000/health"),
         ("prometheus", ":9090/-/healthy"),
         ("grafana", ":3000/api/health"),
         ("gateway-replica", ":8080/healthz"),
@@ -342,10 +411,64 @@ def test_compose_gateway_config_exists_and_loads(monkeypatch: pytest.MonkeyPatch
     path = _host_path(gateway, _environment(gateway)["GATEWAY_CONFIG"])
     assert path.is_file(), path
     config = _load_without_environment(monkeypatch, path)
-    assert [u.name for u in config.upstreams] == ["vllm"]
-    assert config.upstreams[0].base_url == "http://vllm:8000/v1"
+    assert [u.name for u in config.upstreams] == ["model-server"]
+    assert config.upstreams[0].base_url == "http://model-server:8000/v1"
     assert config.server.port in _published_ports(gateway)
-    assert "http://llamacpp:8081/v1" in path.read_text(encoding="utf-8")
+
+
+def _env_example() -> dict[str, str]:
+    """config/.env.example as compose reads .env: KEY=VALUE lines, comments skipped."""
+    pairs = (line.partition("=") for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines())
+    return {key.strip(): value.strip() for key, _, value in pairs if key.strip() and not key.startswith("#")}
+
+
+def _services_under(profiles: set[str]) -> dict[str, dict[str, Any]]:
+    """The services `docker compose --profile ...` starts: those without profiles and those of the given ones."""
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    return {name: s for name, s in services.items() if not s.get("profiles") or profiles & set(s["profiles"])}
+
+
+def _answers_to(name: str, service: dict[str, Any]) -> set[str]:
+    """The host names a service has on the compose network: its own and its aliases."""
+    names = {name}
+    networks = service.get("networks", {})
+    if isinstance(networks, dict):
+        for settings in networks.values():
+            names |= set((settings or {}).get("aliases", []))
+    return names
+
+
+def _command_port(service: dict[str, Any]) -> int | None:
+    command = service.get("command", [])
+    return int(command[command.index("--port") + 1]) if "--port" in command else None
+
+
+@pytest.mark.parametrize("env_file", [False, True], ids=["without .env", "with .env from .env.example"])
+@pytest.mark.parametrize("profiles", [["gpu"], ["cpu"], ["gpu", "replicas"], ["cpu", "replicas"]], ids="+".join)
+def test_compose_config_reaches_a_service_of_the_profile(profiles: list[str], env_file: bool) -> None:
+    """Each profile works as shipped: every URL the gateway's config resolves to names a running service."""
+    gateway = _service("gateway")
+    path = _host_path(gateway, _environment(gateway)["GATEWAY_CONFIG"])
+    environ = {**(_env_example() if env_file else {}), **_environment(gateway)}
+    config = parse_config(path.read_text(encoding="utf-8"), str(path), environ)
+    services = _services_under(set(profiles))
+    for url in [u.base_url for u in config.upstreams] + [config.state.redis_url]:
+        address = urlsplit(url)
+        serving = [n for n, s in services.items() if address.hostname in _answers_to(n, s)]
+        assert len(serving) == 1, (
+            f"{url}: {serving or 'no service'} answers under --profile {' --profile '.join(profiles)}"
+        )
+        if url != config.state.redis_url:
+            assert address.port == _command_port(services[serving[0]]), f"{url}: {serving[0]} listens elsewhere"
+
+
+def test_compose_publishes_the_keyless_gateways_on_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = _service("gateway")
+    config = _load_without_environment(monkeypatch, _host_path(gateway, _environment(gateway)["GATEWAY_CONFIG"]))
+    assert not config.auth.api_keys and config.server.allow_unauthenticated_public
+    for name in ("gateway", "balancer"):
+        for port in _service(name)["ports"]:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this machine"
 
 
 def test_compose_vllm_serves_with_tool_calling_on_a_gpu() -> None:
@@ -399,7 +522,8 @@ def test_compose_llamacpp_serves_a_baked_in_model_with_a_tool_template() -> None
     assert "tools" in template_source.read_text(encoding="utf-8")
     assert "--jinja" in command
     assert command[command.index("--host") + 1] == "0.0.0.0"
-    assert command[command.index("--port") + 1] == "8081"
+    assert command[command.index("--port") + 1] == "8000"
+    assert re.findall(r"^EXPOSE\s+(\d+)", text, flags=re.MULTILINE) == ["8000"]
 
 
 def test_env_example_lists_exactly_the_variables_the_configs_reference() -> None:

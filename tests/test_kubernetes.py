@@ -21,7 +21,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,7 +86,7 @@ FULL_VALUES: dict[str, Any] = {
             },
         ],
         "tools": {
-            "paths": ["tools"],
+            "paths": ["/app/tools"],
             "mcp_servers": [
                 {
                     "name": "docs",
@@ -190,8 +190,10 @@ def gateway_yaml(scenario: str) -> str:
 
 
 def gateway_config(scenario: str) -> GatewayConfig:
-    """The rendered gateway.yaml, loaded with nothing but the environment the pod gets."""
-    return parse_config(gateway_yaml(scenario), "gateway.yaml", pod_environment(gateway_container(scenario)))
+    """The rendered gateway.yaml, loaded with nothing but the environment the pod gets, from where it is mounted."""
+    environment = pod_environment(gateway_container(scenario))
+    base_dir = PurePosixPath(environment["GATEWAY_CONFIG"]).parent
+    return parse_config(gateway_yaml(scenario), "gateway.yaml", environment, base_dir=base_dir)
 
 
 def render_error(values: dict[str, Any]) -> str:
@@ -382,7 +384,13 @@ def test_gateway_keys_and_upstream_keys_come_from_the_named_secrets() -> None:
 def test_default_install_requires_a_gateway_key() -> None:
     """Shared by a team, the gateway is not left open unless the values say so."""
     assert [k.name for k in gateway_config("defaults").auth.api_keys] == ["team"]
-    assert "WARNING" in render_files({"auth": {"apiKeys": []}})["llm-tool-gateway/templates/NOTES.txt"]
+    assert "config.server.allow_unauthenticated_public" in render_error({"auth": {"apiKeys": []}})
+    open_values = {"auth": {"apiKeys": []}, "config": {"server": {"allow_unauthenticated_public": True}}}
+    assert "WARNING" in render_files(open_values)["llm-tool-gateway/templates/NOTES.txt"]
+    configmap = next(o for o in render(open_values) if o["kind"] == "ConfigMap")
+    # The pod's gateway starts: listening on every interface without keys, as the values said.
+    config = parse_config(configmap["data"]["gateway.yaml"], "gateway.yaml", {})
+    assert config.server.host == "0.0.0.0" and not config.auth.api_keys
 
 
 def test_config_keys_the_chart_owns_are_refused() -> None:
@@ -561,8 +569,12 @@ def test_tool_files_are_mounted_where_the_config_loads_tools(tmp_path: Path) -> 
     (app / "tools").mkdir(parents=True)
     for name, source in tools["data"].items():
         (app / "tools" / name).write_text(source, encoding="utf-8")
-    assert [str(app / p) for p in config.tools.paths] == [str(app / "tools")]
-    registry = ToolRegistry.from_config(config.tools, base_dir=app)
+    # The pod's paths, as the config names them, moved under this test's stand-in for /app.
+    assert config.tools.paths == [mount["mountPath"]]
+    local = config.tools.model_copy(
+        update={"paths": [str(app / PurePosixPath(p).relative_to(workdir)) for p in config.tools.paths]}
+    )
+    registry = ToolRegistry.from_config(local)
     try:
         assert registry.names() == ["team_directory"]
     finally:

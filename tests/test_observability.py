@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.state import MODELS_STARTUP_WAIT_S
 from tests.conftest import TOOL_FIXTURES, Gateway, GatewayFactory
 from tests.fake_upstream import MODEL, FakeUpstream, Json, Sse, call, chunk, completion
 from tests.redis_server import RedisServer
 from tests.test_deploy import _dashboard, _exprs, _panels, _template_queries, metric_names
+from tests.test_mcp import stdio_config
 
 USER = [{"role": "user", "content": "add things"}]
 
@@ -129,16 +132,29 @@ def test_errors_are_counted_by_status(upstream: FakeUpstream, make_gateway: Gate
     )
 
 
-def test_dashboard_queries_only_series_a_live_gateway_exports(upstream: FakeUpstream, gateway: Gateway) -> None:
+def test_dashboard_queries_only_series_a_live_gateway_exports(
+    upstream: FakeUpstream, make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    # Every feature a panel covers is in use: server tools, an MCP server, streams and a passthrough path.
+    gateway = make_gateway({"tools": {"mcp_servers": [stdio_config(tmp_path / "calls.jsonl")]}})
     upstream.enqueue(completion(None, [call("add", {"a": 1, "b": 1}, "d1")]), completion("2"))
     gateway.client().chat.completions.create(model=MODEL, messages=USER)
     upstream.enqueue(Sse([chunk({"role": "assistant", "content": "hi"}), chunk({}, "stop")]))
     list(gateway.client().chat.completions.create(model=MODEL, messages=USER, stream=True))
+    upstream.enqueue(Json({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}]}))
+    gateway.client().embeddings.create(model=MODEL, input="x", encoding_format="float")
+    deadline = time.monotonic() + 15
+    while ("gateway_mcp_server_up", "files") not in _mcp_servers_seen(gateway.url) and time.monotonic() < deadline:
+        time.sleep(0.05)
     exported = {name for name, _ in scrape(gateway.url)}
     queries = [e for p in _panels() for e in _exprs(p)] + _template_queries()
     used = set().union(*(metric_names(q) for q in queries))
     assert _dashboard()["panels"]
     assert used and used <= exported, f"dashboard reads series the gateway does not export: {used - exported}"
+
+
+def _mcp_servers_seen(url: str) -> set[tuple[str, str]]:
+    return {(name, dict(labels).get("server", "")) for name, labels in scrape(url) if name == "gateway_mcp_server_up"}
 
 
 def _free_port() -> int:
@@ -254,3 +270,37 @@ def test_every_upstream_attempt_is_counted_by_outcome(upstream: FakeUpstream, ga
             - value(before, "gateway_upstream_requests_total", **labels)
             == expected
         )
+
+
+def test_wildcard_models_have_their_own_label_from_the_first_request(
+    upstream: FakeUpstream, make_gateway: GatewayFactory
+) -> None:
+    upstream.models = ["listed-at-start-up"]
+    gateway = make_gateway()  # models: ["*"]; nobody calls /v1/models
+    before = scrape(gateway.url)
+    upstream.enqueue(completion("ok", model="listed-at-start-up"))
+    gateway.client().chat.completions.create(model="listed-at-start-up", messages=USER)
+    after = scrape(gateway.url)
+    assert total(after, "gateway_requests_total", gen_ai_request_model="listed-at-start-up") == 1
+    other = {"gen_ai_request_model": "other"}
+    assert total(after, "gateway_requests_total", **other) == total(before, "gateway_requests_total", **other)
+
+
+def test_a_slow_model_list_does_not_hold_up_start_up(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    upstream.models = ["listed-late"]
+    upstream.models_gate = threading.Event()
+    started = time.monotonic()
+    gateway = make_gateway()
+    # Unbounded, start-up would wait for the list request's own 5 s timeout.
+    assert time.monotonic() - started < MODELS_STARTUP_WAIT_S + 2
+    labels = gateway.app.state.gateway.chat.services.labels
+    assert labels.model("listed-late") == "other"
+    upstream.models_gate.set()
+    # The list asked for at start-up is still awaited in the background; it lands without anyone calling /v1/models.
+    deadline = time.monotonic() + 10
+    while labels.model("listed-late") != "listed-late":
+        assert time.monotonic() < deadline, "the late model list never named its models"
+        time.sleep(0.01)
+    upstream.enqueue(completion("ok", model="listed-late"))
+    gateway.client().chat.completions.create(model="listed-late", messages=USER)
+    assert total(scrape(gateway.url), "gateway_requests_total", gen_ai_request_model="listed-late") == 1

@@ -395,3 +395,50 @@ def test_integers_orjson_would_round_take_the_exact_path(number: int) -> None:
     raw = b'{"seed":' + str(number).encode() + b"}"
     assert loads_exact(raw) == {"seed": number}
     assert dumps(loads_exact(raw)) == raw
+
+
+def test_ready_while_every_model_keeps_a_reachable_fallback(
+    upstream: FakeUpstream, make_gateway: GatewayFactory
+) -> None:
+    down = f"http://127.0.0.1:{_free_port()}/v1"
+    gateway = make_gateway(
+        {
+            "upstreams": [
+                {"name": "primary", "base_url": down, "models": ["*"], "fallbacks": [{"upstream": "backup"}]},
+                {"name": "backup", "base_url": upstream.base_url, "models": ["backup-model"]},
+            ]
+        }
+    )
+    with gateway.http() as http:
+        ready = http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["upstreams"] == {"primary": "unreachable", "backup": "ok"}
+    assert ready.json()["unserved_models"] == []
+
+
+def test_not_ready_while_one_model_has_no_reachable_target(
+    upstream: FakeUpstream, make_gateway: GatewayFactory
+) -> None:
+    down = f"http://127.0.0.1:{_free_port()}/v1"
+    gateway = make_gateway(
+        {
+            "auth": {"api_keys": ["sk-ready-check"]},
+            "upstreams": [
+                {
+                    "name": "up",
+                    "base_url": upstream.base_url,
+                    "models": ["served"],
+                    "fallbacks": [{"upstream": "down"}],
+                },
+                {"name": "down", "base_url": down, "models": ["stranded"]},
+            ],
+        }
+    )
+    with gateway.http() as http:
+        anonymous = http.get("/readyz")
+        keyed = http.get("/readyz", headers={"authorization": "Bearer sk-ready-check"})
+    assert anonymous.status_code == keyed.status_code == 503
+    assert anonymous.json() == {"status": "not_ready"}
+    assert keyed.json()["upstreams"] == {"up": "ok", "down": "unreachable"}
+    assert keyed.json()["unserved_models"] == ["stranded"]

@@ -43,6 +43,11 @@ class Tool(ABC):
     timeout_s: float | None
     source: str
 
+    @property
+    def available(self) -> bool:
+        """Whether it can run now; an unavailable tool is not offered (an MCP server's, while it is down)."""
+        return True
+
     def definition(self) -> dict[str, Any]:
         """The OpenAI ``tools[]`` entry offered to the model."""
         return {

@@ -138,7 +138,7 @@ class ToolExecutor:
 
         tool = self.registry.get(call.name)
         if tool is None or (allowed is not None and not allowed(call.name)):
-            known = ", ".join(t.name for t in self.registry.enabled() if allowed is None or allowed(t.name))
+            known = ", ".join(t.name for t in self.registry.available() if allowed is None or allowed(t.name))
             return failed("unknown_tool", f"Unknown tool {call.name!r}. Available tools: {known}.")
         try:
             arguments = orjson.loads(call.arguments) if call.arguments.strip() else {}

@@ -7,9 +7,12 @@ matches responses to requests by id). The task reconnects with backoff when the
 connection ends, and re-lists the server's tools after every (re)connection and on
 ``notifications/tools/list_changed``, updating the registry.
 
-A connection is judged lost when the server's change subscription drops (2026-era
-servers), when a call fails with ``CONNECTION_CLOSED`` (any era), or when the
-transport fails (streamable HTTP tears the session down on a broken connection).
+A connection is judged lost when a stdio server's process exits (its stdout closes),
+when an HTTP server leaves a ping unanswered (one every ``ping_interval_s``, which must
+answer within that time), when the server's change subscription drops (2026-era
+servers), when a call fails with ``CONNECTION_CLOSED``, or when the transport fails. From that moment
+its tools are no longer offered and a call to one fails at once; they are offered
+again when the task has reconnected and re-listed them.
 """
 
 from __future__ import annotations
@@ -21,12 +24,11 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
-import httpx2
 import mcp.types as mcp_types
 import orjson
 from jsonschema import SchemaError
@@ -35,14 +37,14 @@ from jsonschema.validators import Draft202012Validator, validator_for
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client import Transport
 from mcp.client.session import IncomingMessage
-from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import Subscription, SubscriptionLost
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from gateway import __version__
+from gateway import __version__, metrics
 from gateway.config import McpServerConfig
 from gateway.tools.base import InvalidArguments, Tool, ToolContext, ToolFailed
-from gateway.tools.registry import ToolLoadError, ToolRegistry
+from gateway.tools.mcp_transports import http_transport, stdio_transport
+from gateway.tools.registry import SkippedTool, ToolLoadError, ToolRegistry
 
 log = logging.getLogger("gateway.tools.mcp")
 
@@ -55,9 +57,9 @@ BACKOFF_INITIAL_S = 0.25
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 10.0
 """A connection that lasted this long resets the backoff; one that dies sooner keeps it growing."""
-RECONNECT_GRACE_S = 5.0
-"""How long a call waits for a reconnection in progress before it reports the server unavailable."""
 CLOSE_WAIT_S = 10.0
+END_WAIT_S = 5.0
+"""How long ending a lost session may take (an HTTP DELETE to a hung server) before it is abandoned."""
 MAX_LIST_PAGES = 100
 MAX_REPORTED_ERRORS = 5
 
@@ -67,7 +69,8 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class UnusableTool(Exception):
-    """A tool listed by an MCP server cannot be offered (bad schema or name); it is skipped."""
+    """A tool listed by an MCP server cannot be offered (bad schema or name, or it needs a feature the
+    gateway lacks); it is skipped."""
 
 
 def function_name(prefix: str, remote_name: str) -> str:
@@ -132,6 +135,9 @@ class McpTool(Tool):
     """One tool of an MCP server; arguments are checked against its input schema before the call."""
 
     def __init__(self, server: McpSource, remote: mcp_types.Tool) -> None:
+        if remote.execution is not None and remote.execution.task_support == "required":
+            # The gateway calls tools and waits for the result; it does not run MCP tasks (2025-11-25).
+            raise UnusableTool("it requires task-augmented execution (execution.taskSupport), which the gateway lacks")
         schema = remote.input_schema
         validator_class = validator_for(schema, default=Draft202012Validator)
         try:
@@ -149,6 +155,11 @@ class McpTool(Tool):
         self.server = server
         self._validator: Validator = validator_class(schema)
 
+    @property
+    def available(self) -> bool:
+        """Offered only while its server is connected."""
+        return self.server.up
+
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         errors = sorted(self._validator.iter_errors(arguments), key=lambda e: [str(p) for p in e.absolute_path])
         if errors:
@@ -164,17 +175,6 @@ class McpTool(Tool):
         if result.is_error:
             raise ToolFailed(text or f"{self.name} reported an error without details.")
         return text
-
-
-@asynccontextmanager
-async def _http_transport(url: str, headers: dict[str, str], connect_timeout_s: float) -> AsyncIterator[Any]:
-    # The SDK leaves a caller-supplied HTTP client open, so it is owned (and closed) here.
-    timeout = httpx2.Timeout(connect_timeout_s, read=300.0)
-    async with (
-        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
-        streamable_http_client(url, http_client=http) as streams,
-    ):
-        yield streams
 
 
 def _reason(exc: BaseException) -> str:
@@ -197,6 +197,9 @@ class McpSource:
         self.known_names = known_names
         self.status = status
         self.status[self.name] = UNAVAILABLE
+        self.since = time.time()
+        """When the server last came up or went down (start-up counts as down)."""
+        metrics.MCP_SERVER_UP.labels(self.name).set(0)
         self.tools: dict[str, McpTool] = {}
         self.last_error: str | None = None
         self._client: Client | None = None
@@ -205,6 +208,7 @@ class McpSource:
         self._first_attempt = asyncio.Event()
         self._wake = asyncio.Event()
         self._lost: str | None = None
+        self._ending = False
         self._refresh_due = False
         self._task: asyncio.Task[None] | None = None
 
@@ -227,8 +231,20 @@ class McpSource:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    @property
+    def up(self) -> bool:
+        """Connected with its tools listed: they are offered, and calls go through."""
+        return self._up.is_set()
+
     async def call(self, tool_name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
-        client = await self._connected()
+        client = self._client
+        if client is None or not self._up.is_set():
+            # A request offered the tool before the server was lost; waiting for a reconnection would stall it.
+            reason = self._lost or self.last_error
+            detail = f" ({reason})" if reason else ""
+            raise ToolFailed(
+                f"MCP server {self.name!r} is unavailable{detail}; its tools are withdrawn until it reconnects."
+            )
         try:
             return await client.call_tool(tool_name, arguments)
         except MCPError as exc:
@@ -243,24 +259,23 @@ class McpSource:
                 raise ToolFailed(f"The connection to MCP server {self.name!r} was lost during the call.") from exc
             raise
 
-    async def _connected(self) -> Client:
-        """The live session, waiting a little for a reconnection in progress."""
-        if not self._up.is_set():
-            try:
-                async with asyncio.timeout(RECONNECT_GRACE_S):
-                    await self._up.wait()
-            except TimeoutError:
-                detail = f" ({self.last_error})" if self.last_error else ""
-                raise ToolFailed(f"MCP server {self.name!r} is unavailable{detail}; try again later.") from None
-        assert self._client is not None
-        return self._client
+    def _lose(self, client: Client | None, reason: str) -> None:
+        """Judge ``client``'s connection lost (None: the current one) and wake the task to end it.
 
-    def _lose(self, client: Client, reason: str) -> None:
-        if self._client is client and self._lost is None:
+        The tools are withdrawn and the status changes now, not once the session is torn down.
+        """
+        if (client is None or self._client is client) and self._lost is None:
             self._lost = reason
-            # Later calls wait for the next session instead of failing on this one.
-            self._up.clear()
+            was_up = self._up.is_set()
+            self._mark_down()
             self._wake.set()
+            if was_up and not self._closing.is_set():
+                # Logged now: ending the session may take a while (END_WAIT_S) on a server that stopped answering.
+                self._log_loss("disconnected", reason, None)
+
+    def _transport_ended(self, reason: str) -> None:
+        if not self._ending:
+            self._lose(None, reason)
 
     def _backoff(self, failures: int) -> float:
         return min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2.0 ** (failures - 1)) * random.uniform(0.5, 1.0)
@@ -279,7 +294,8 @@ class McpSource:
             try:
                 connected = await self._connection()
             except Exception as exc:
-                self.last_error = _reason(exc)
+                # A stdio server that exits while connecting fails the connect with "connection closed".
+                self.last_error = self._lost or _reason(exc)
             finally:
                 self._mark_down()
                 self._first_attempt.set()
@@ -287,23 +303,28 @@ class McpSource:
                 break
             stable = connected and time.monotonic() - started >= STABLE_AFTER_S
             failures = 1 if stable else failures + 1
-            log.warning(
-                "MCP server %s %s: %s",
-                self.name,
-                "disconnected" if connected else "is unavailable",
-                self.last_error,
-                extra={"event": "mcp_disconnected", "mcp_server": self.name, "attempt": failures},
-            )
+            if not (connected and self._lost is not None):  # else logged when it was lost
+                self._log_loss("disconnected" if connected else "is unavailable", self.last_error, failures)
+
+    def _log_loss(self, what: str, reason: str | None, attempt: int | None) -> None:
+        extra = {"event": "mcp_disconnected", "mcp_server": self.name, "attempt": attempt}
+        log.warning("MCP server %s %s: %s", self.name, what, reason, extra=extra)
 
     def _new_client(self) -> Client:
-        server: StdioServerParameters | Transport
+        server: Transport
         if self.config.command is not None:
-            server = StdioServerParameters(
+            params = StdioServerParameters(
                 command=self.config.command, args=self.config.args, env=self.config.env or None, cwd=self.config.cwd
             )
+            server = stdio_transport(params, self.name, lambda: self._transport_ended("the server process exited"))
         else:
             assert self.config.url is not None
-            server = _http_transport(self.config.url, self.config.headers, self.config.timeout_s)
+            server = http_transport(
+                self.config.url,
+                self.config.headers,
+                self.config.timeout_s,
+                lambda: self._transport_ended("the HTTP transport closed"),
+            )
         return Client(
             server,
             message_handler=self._on_message,
@@ -315,21 +336,30 @@ class McpSource:
     async def _connection(self) -> bool:
         """One connection from connect to end; True when it got as far as offering tools."""
         self._lost = None
+        self._ending = False
         self._refresh_due = False
         self._wake.clear()
-        connected = False
+        connected = ending = False
         # One cancel scope spans the whole session so it nests with the SDK's own scopes;
-        # its deadline bounds connecting and each listing, and is lifted in between.
+        # its deadline bounds connecting, each listing and the teardown, and is lifted in between.
         with anyio.CancelScope() as deadline:
             deadline.deadline = anyio.current_time() + self.config.timeout_s
             async with self._new_client() as client, AsyncExitStack() as stack:
-                changes = await self._subscribe(client, stack)
-                await self._sync_tools(client)
-                deadline.deadline = math.inf
-                self._mark_up(client)
-                connected = True
-                await self._serve(client, changes, deadline)
-        if deadline.cancelled_caught:
+                try:
+                    changes = await self._subscribe(client, stack)
+                    await self._sync_tools(client)
+                    deadline.deadline = math.inf
+                    self._mark_up(client)
+                    connected = True
+                    await self._serve(client, changes, deadline)
+                finally:
+                    # Ended on purpose from here, so the transport closing is no news; and ending an HTTP
+                    # session sends a DELETE, which a server that stopped answering would hold.
+                    self._ending = True
+                    if not deadline.cancel_called:
+                        ending = True
+                        deadline.deadline = anyio.current_time() + END_WAIT_S
+        if deadline.cancelled_caught and not ending:
             raise TimeoutError(f"no answer within {self.config.timeout_s:g} s")
         if self._lost is not None:
             self.last_error = self._lost
@@ -350,6 +380,8 @@ class McpSource:
         async with anyio.create_task_group() as tasks:
             if changes is not None:
                 tasks.start_soon(self._follow, client, changes)
+            if self.config.url is not None:
+                tasks.start_soon(self._ping, client)
             while not self._closing.is_set() and self._lost is None:
                 if self._refresh_due:
                     self._refresh_due = False
@@ -370,6 +402,38 @@ class McpSource:
             self._lose(client, "the server ended its change subscription")
         except SubscriptionLost:
             self._lose(client, "the connection was lost")
+
+    async def _ping(self, client: Client) -> None:
+        """Every ``ping_interval_s``, a request the server must answer within that time (or ``timeout_s``).
+
+        An HTTP server can vanish without closing anything the session waits on (a
+        handshake-era server has no subscription; a hung or unreachable one closes no
+        socket), so only asking shows it. Any answer counts, even "method not found".
+        A stdio server needs none of this: its exit closes its stdout at once.
+        """
+        interval = self.config.ping_interval_s
+        limit = min(interval, self.config.timeout_s)
+        modern = client.protocol_version in MODERN_PROTOCOL_VERSIONS
+        while True:
+            await anyio.sleep(interval)
+            try:
+                with anyio.fail_after(limit):
+                    if modern:
+                        # 2026-07-28 removed ping; discover is the cheapest request every modern server answers.
+                        await client.session.send_discover(client.protocol_version)
+                    else:
+                        await client.session.send_ping()
+                continue
+            except MCPError as exc:
+                if exc.code == mcp_types.METHOD_NOT_FOUND:
+                    continue
+                reason = f"a ping failed: {exc}"
+            except TimeoutError:
+                reason = f"no answer to a ping within {limit:g} s"
+            except Exception as exc:
+                reason = f"a ping failed: {_reason(exc)}"
+            self._lose(client, reason)
+            return
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, mcp_types.ToolListChangedNotification):
@@ -393,32 +457,36 @@ class McpSource:
         """Replace this server's tools in the registry with the listed ones (allowlist applied)."""
         allow = self.config.allow
         offered: dict[str, McpTool] = {}
+        skipped: list[SkippedTool] = []
         for remote in listed:
             if allow is not None and remote.name not in allow:
                 continue
             try:
                 tool = McpTool(self, remote)
             except UnusableTool as exc:
-                log.warning("MCP server %s: tool %r skipped: %s", self.name, remote.name, exc)
+                skipped.append(self._skip(remote.name, str(exc)))
                 continue
             if tool.name in offered:
-                log.warning("MCP server %s: tool %r skipped: %r is taken", self.name, remote.name, tool.name)
+                skipped.append(self._skip(remote.name, f"{tool.name!r} is taken"))
                 continue
             offered[tool.name] = tool
         if allow is not None:
             missing = sorted(set(allow) - {r.name for r in listed})
             if missing:
                 log.warning("MCP server %s does not offer allowed tools: %s", self.name, ", ".join(missing))
+            absent = "in the server's allow list, but the server does not offer it"
+            skipped.extend(SkippedTool(f"mcp:{self.name}", name, absent) for name in missing)
         self.registry.remove(self.tools)
         self.tools = {}
         for name, tool in offered.items():
             try:
                 self.registry.add([tool])
             except ToolLoadError as exc:
-                log.warning("MCP server %s: %s; the tool is skipped", self.name, exc)
+                skipped.append(self._skip(tool.remote_name, str(exc)))
                 continue
             self.tools[name] = tool
             self.known_names.add(name)
+        self.registry.report_skipped(f"mcp:{self.name}", skipped)
         log.info(
             "MCP server %s offers %d tools",
             self.name,
@@ -426,18 +494,40 @@ class McpSource:
             extra={"event": "mcp_tools", "mcp_server": self.name, "tools": sorted(self.tools)},
         )
 
+    def _skip(self, remote_name: str, reason: str) -> SkippedTool:
+        log.warning("MCP server %s: tool %r skipped: %s", self.name, remote_name, reason)
+        return SkippedTool(f"mcp:{self.name}", remote_name, reason)
+
     def _mark_up(self, client: Client) -> None:
         self._client = client
         self.last_error = None
-        self.status[self.name] = OK
         self._up.set()
+        self._set_status(OK)
         self._first_attempt.set()
         log.info("MCP server %s connected", self.name, extra={"event": "mcp_connected", "mcp_server": self.name})
 
     def _mark_down(self) -> None:
         self._client = None
-        self.status[self.name] = UNAVAILABLE
         self._up.clear()
+        self._set_status(UNAVAILABLE)
+
+    def _set_status(self, status: str) -> None:
+        if self.status[self.name] != status:
+            self.since = time.time()
+        self.status[self.name] = status
+        metrics.MCP_SERVER_UP.labels(self.name).set(1 if status == OK else 0)
+
+    def detail(self) -> dict[str, Any]:
+        """What ``/readyz`` shows about this server."""
+        entry: dict[str, Any] = {
+            "status": self.status[self.name],
+            "since": int(self.since),
+            "tools": len(self.tools) if self.up else 0,
+        }
+        reason = self._lost or self.last_error
+        if self.status[self.name] != OK and reason:
+            entry["error"] = reason
+        return entry
 
 
 class McpSources:
@@ -469,3 +559,7 @@ class McpSources:
     def unavailable(self) -> dict[str, str | None]:
         """Servers not connected, with the last error seen for each."""
         return {s.name: s.last_error for s in self.sources if self.status[s.name] != OK}
+
+    def detail(self) -> dict[str, dict[str, Any]]:
+        """Each server's status, since when, how many tools it offers, and why it is down."""
+        return {s.name: s.detail() for s in self.sources}

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,16 @@ log = logging.getLogger("gateway.tools")
 
 class ToolLoadError(Exception):
     """A tool module cannot be loaded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class SkippedTool:
+    """A tool the registry does not offer, and why: ``serve`` logs these, ``gateway tools list`` prints them."""
+
+    source: str
+    """Where it came from: ``mcp:<server>``, or ``config`` for a name only the config mentions."""
+    name: str
+    reason: str
 
 
 def _module_files(path: Path) -> list[Path]:
@@ -58,6 +69,7 @@ class ToolRegistry:
     def __init__(self, config: ToolsConfig, *, max_threads: int = 64) -> None:
         self.config = config
         self._tools: dict[str, Tool] = {}
+        self._skipped: dict[str, list[SkippedTool]] = {}
         self.thread_pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="gateway-tool")
 
     @classmethod
@@ -69,10 +81,8 @@ class ToolRegistry:
                 path = base_dir / path
             for file in _module_files(path):
                 registry.add(load_module_tools(file))
-        if config.enabled is not None:
-            unknown = set(config.enabled) - set(registry._tools)
-            for name in sorted(unknown):
-                log.warning("tools.enabled names %r, which no Python tool provides (yet)", name)
+        for name in registry.unprovided_enabled():
+            log.warning("tools.enabled names %r, which no Python tool provides (yet)", name)
         return registry
 
     def add(self, tools: Iterable[Tool]) -> None:
@@ -101,8 +111,34 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return list(self._tools)
 
+    def available(self) -> list[Tool]:
+        """Enabled tools that can run now: what requests are offered (an MCP server's only while it is up)."""
+        return [t for t in self.enabled() if t.available]
+
     def definitions(self) -> list[dict[str, Any]]:
-        return [t.definition() for t in self.enabled()]
+        return [t.definition() for t in self.available()]
+
+    def unprovided_enabled(self) -> list[str]:
+        """Names in ``tools.enabled`` that no loaded tool has."""
+        return sorted(set(self.config.enabled or ()) - set(self._tools))
+
+    def report_skipped(self, source: str, skipped: list[SkippedTool]) -> None:
+        """Replace what ``source`` (one MCP server, say) last reported it could not offer."""
+        self._skipped[source] = skipped
+
+    def skipped(self) -> list[SkippedTool]:
+        """Everything not offered: what sources reported, tools outside tools.enabled, names in it no tool has."""
+        reported = [item for items in self._skipped.values() for item in items]
+        disabled = [
+            SkippedTool(t.source, name, "not in tools.enabled")
+            for name, t in self._tools.items()
+            if not self.is_enabled(name)
+        ]
+        unprovided = [
+            SkippedTool("config", name, "named in tools.enabled, but no loaded tool has that name")
+            for name in self.unprovided_enabled()
+        ]
+        return reported + disabled + unprovided
 
     def settings_for(self, name: str) -> dict[str, Any]:
         return self.config.settings.get(name, {})

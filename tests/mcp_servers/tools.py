@@ -3,6 +3,11 @@
 Every ``tools/call`` that reaches the server is appended to a JSON-lines log
 before the SDK validates it, so a test can prove what the gateway did or did
 not send.
+
+On a handshake-era (pre-2026) connection the server marks ``batch`` as needing
+MCP tasks (``execution.taskSupport: "required"``) and ``echo`` as able to use them
+(``"optional"``), as servers of the 2025-11-25 revision do; that field does not
+exist on 2026-07-28 connections.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import EmbeddedResource, ImageContent, ResourceLink, TextContent, TextResourceContents
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 PNG_BYTES = bytes(range(256)) * 4  # 1024 bytes, base64 on the wire
@@ -28,14 +34,29 @@ class Stats(BaseModel):
     mean: float
 
 
-def build_server(name: str, call_log: Path | None) -> MCPServer:
+def build_server(name: str, call_log: Path | None, request_log: Path | None = None) -> MCPServer:
+    """``request_log``, if given, gets the method of every request, one a line (pings included)."""
+
     async def record_calls(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.method == "tools/call" and call_log is not None:
             with call_log.open("a", encoding="utf-8") as log:
                 log.write(json.dumps(ctx.params) + "\n")
+        if request_log is not None:
+            with request_log.open("a", encoding="utf-8") as log:
+                log.write(ctx.method + "\n")
         return await call_next(ctx)
 
-    server = MCPServer(name, log_level="WARNING", middleware=[record_calls])
+    async def task_support(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        result = await call_next(ctx)
+        if ctx.method == "tools/list" and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            assert isinstance(result, dict)
+            needs = {"batch": "required", "echo": "optional"}
+            for listed in result["tools"]:
+                if listed["name"] in needs:
+                    listed["execution"] = {"taskSupport": needs[listed["name"]]}
+        return result
+
+    server = MCPServer(name, log_level="WARNING", middleware=[record_calls, task_support])
 
     @server.tool(structured_output=False)
     def echo(text: str) -> str:
@@ -80,6 +101,11 @@ def build_server(name: str, call_log: Path | None) -> MCPServer:
         os._exit(3)
 
     @server.tool(structured_output=False)
+    def batch(items: list[str]) -> str:
+        """Process items as a long-running job (a task-only tool on handshake-era connections)."""
+        return f"processed {len(items)}"
+
+    @server.tool(structured_output=False)
     def whoami() -> str:
         """The server process id."""
         return str(os.getpid())
@@ -107,4 +133,9 @@ def build_server(name: str, call_log: Path | None) -> MCPServer:
 
 def call_log_from_env() -> Path | None:
     path = os.environ.get("MCP_TEST_CALL_LOG")
+    return Path(path) if path else None
+
+
+def request_log_from_env() -> Path | None:
+    path = os.environ.get("MCP_TEST_REQUEST_LOG")
     return Path(path) if path else None

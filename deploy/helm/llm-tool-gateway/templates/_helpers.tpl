@@ -125,6 +125,9 @@ app.kubernetes.io/component: redis
 {{- $upstreams = append $upstreams $rendered }}
 {{- end }}
 {{- $_ := set $config "upstreams" $upstreams }}
+{{- if and (not .Values.auth.apiKeys) (not (dig "server" "allow_unauthenticated_public" false $config)) }}
+{{- fail "auth.apiKeys is empty: the gateway would serve anyone who reaches the Service. Add keys, or set config.server.allow_unauthenticated_public: true to run it open on purpose" }}
+{{- end }}
 {{- $keys := list }}
 {{- range $index, $key := .Values.auth.apiKeys }}
 {{- $keys = append $keys (dict "name" (required "every auth.apiKeys entry needs a name" $key.name) "key" (printf "${GATEWAY_API_KEY_%d}" $index)) }}
