@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +41,7 @@ from gateway.upstream import Upstream, close_all
 
 if TYPE_CHECKING:
     from gateway.tools.mcp import McpSources
+    from gateway.tracing import Tracing
 
 log = logging.getLogger("gateway")
 
@@ -86,6 +88,12 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
     for name in [k.name for k in config.auth.api_keys] or [OPEN_POLICY.name]:
         for reason in REFUSAL_REASONS:
             metrics.POLICY_REFUSALS.labels(name, reason)
+    tracing: Tracing | None = None
+    if config.tracing.enabled:
+        # Like MCP's SDK, OpenTelemetry's is loaded only when asked for: tracing off costs nothing.
+        from gateway.tracing import Tracing
+
+        tracing = Tracing()
     chat = ChatService(
         router=Router(config, upstreams),
         authenticator=Authenticator(config.auth),
@@ -95,6 +103,7 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
         keepalive_interval_s=config.server.keepalive_interval_s,
         body_timeout_s=config.server.body_timeout_s,
         max_model_chars=config.server.max_model_chars,
+        tracing=tracing,
     )
     mcp: McpSources | None = None
     if config.tools.mcp_servers:
@@ -150,36 +159,39 @@ class GatewayApp:
         return self.api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != CHAT_PATH:
-            if scope["type"] == "http" and scope["path"] in self.passthrough.paths:
-                await self._passthrough(scope, receive, send)
-            else:
-                await self.api(scope, receive, send)
-            return
-        request = Request(scope, receive, send)
-        response: Response | EventStreamResponse
-        try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed on {CHAT_PATH}; use POST.")
-            response = await serve_chat(self.chat, request)
-        except GatewayError as exc:
-            response = await handle_gateway_error(request, exc)
-        except Exception as exc:
-            response = await _unexpected_error(request, exc)
-        await response(scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == CHAT_PATH:
+                await _serve_post(serve_chat, self.chat, scope, receive, send)
+                return
+            if path in self.passthrough.paths:
+                await _serve_post(serve_passthrough, self.passthrough, scope, receive, send)
+                return
+        await self.api(scope, receive, send)
 
-    async def _passthrough(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
-        response: Response | EventStreamResponse
-        try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}; use POST.")
-            response = await serve_passthrough(self.passthrough, request)
-        except GatewayError as exc:
-            response = await handle_gateway_error(request, exc)
-        except Exception as exc:
-            response = await _unexpected_error(request, exc)
-        await response(scope, receive, send)
+
+Service = TypeVar("Service")
+
+
+async def _serve_post(
+    serve: Callable[[Service, Request], Awaitable[Response | EventStreamResponse]],
+    service: Service,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """One POST route served directly, its errors rendered by the same handlers FastAPI would use."""
+    request = Request(scope, receive, send)
+    response: Response | EventStreamResponse
+    try:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}; use POST.")
+        response = await serve(service, request)
+    except GatewayError as exc:
+        response = await handle_gateway_error(request, exc)
+    except Exception as exc:
+        response = await _unexpected_error(request, exc)
+    await response(scope, receive, send)
 
 
 def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayApp:
@@ -205,6 +217,9 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayAp
             if state.state_client is not None:
                 await state.state_client.aclose()
             state.registry.close()
+            if state.chat.tracing is not None:
+                # The last batch of spans is exported before the process goes (blocking, so off the loop).
+                await asyncio.to_thread(state.chat.tracing.shutdown)
 
     app = FastAPI(title="LLM tool gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = state

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -47,6 +47,9 @@ from gateway.sse import DONE, encode_comment, encode_data, encode_raw
 from gateway.tools.base import ToolContext
 from gateway.upstream import forwardable_headers
 
+if TYPE_CHECKING:
+    from gateway.tracing import Tracing
+
 log = logging.getLogger("gateway.request")
 
 TRACE_HEADER = "x-gateway-trace"
@@ -65,6 +68,8 @@ class ChatService:
     keepalive_interval_s: float
     body_timeout_s: float = 30.0
     max_model_chars: int = 256
+    # Set only when tracing is on (OpenTelemetry is then loaded; otherwise never).
+    tracing: Tracing | None = None
 
 
 class ClientGone(Exception):
@@ -133,6 +138,8 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
     request.state.request_id = request_id
     labels = service.services.labels
     record = RequestRecord(request_id, stream=False)
+    if service.tracing is not None:
+        record.trace = service.tracing.request("POST", request.scope["path"], request.headers)
     stats: LoopStats | None = None
     try:
         policy = service.authenticator.caller(request.headers)
@@ -150,7 +157,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
         headers["x-request-id"] = request_id
         key_name = None if policy is OPEN_POLICY else policy.name
         context = ToolContext(request_id, key_name, time.monotonic() + service.services.config.deadline_s)
-        loop = ToolLoop(service.services, route, body, chat, context, headers, policy)
+        loop = ToolLoop(service.services, route, body, chat, context, headers, policy, record.trace)
         stats = loop.stats
         trace = request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes")
         events = loop.run()

@@ -375,6 +375,13 @@ class StateConfig(_Strict):
     timeout_s: float = Field(0.5, gt=0, description="deadline of every Redis call")
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing; the exporter, service name, sampler and batching come from the standard
+    ``OTEL_*`` environment variables, read by the OpenTelemetry SDK itself."""
+
+    enabled: bool = Field(False, description="export spans over OTLP/HTTP; off: OpenTelemetry is never loaded")
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstreams: list[UpstreamConfig] = Field(min_length=1)
@@ -383,6 +390,7 @@ class GatewayConfig(_Strict):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="before")
     @classmethod

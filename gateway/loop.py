@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
 from gateway.chunks import Chunk, ChunkShaper
@@ -34,6 +34,9 @@ from gateway.tools.base import ToolContext
 from gateway.tools.executor import ToolExecutor, ToolOutcome
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import UpstreamHeaders
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace, UpstreamSpan
 
 
 @dataclass(slots=True)
@@ -83,6 +86,8 @@ class _Round:
     calls: list[ToolCall]
     finish_reason: str | None
     body: dict[str, Any] | None = None
+    model: Any = None  # the upstream's, as it answered
+    usage: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +122,10 @@ class ToolLoop:
         context: ToolContext,
         headers: UpstreamHeaders,
         policy: KeyPolicy = OPEN_POLICY,
+        trace: RequestTrace | None = None,
     ) -> None:
         self.services = services
+        self.trace = trace
         self.policy = policy
         self.route = route
         self.body = body
@@ -181,14 +188,27 @@ class ToolLoop:
             if final and intercept:
                 body["tool_choice"] = "none"
                 self.stats.max_rounds_reached = True
-            rounds = self._stream_round(body, intercept) if self.stream else self._complete_round(body, intercept)
+            span = None if self.trace is None else self._upstream_span()
+            headers = self.headers if span is None else span.headers(self.headers)
+            rounds = (
+                self._stream_round(body, intercept, headers)
+                if self.stream
+                else self._complete_round(body, intercept, headers)
+            )
             result: _Round | None = None
-            async for item in rounds:
-                if isinstance(item, _Round):
-                    result = item
-                else:
-                    yield item
+            try:
+                async for item in rounds:
+                    if isinstance(item, _Round):
+                        result = item
+                    else:
+                        yield item
+            except BaseException as exc:
+                if span is not None:
+                    span.fail(exc)
+                raise
             assert result is not None
+            if span is not None:
+                span.finish(result.model, result.usage, result.finish_reason)
             client_calls = [c for c in result.calls if c.name in self.client_tools]
             server_calls = [c for c in result.calls if c.name not in self.client_tools]
             # A round cut off by the token limit may hold a call cut mid-arguments: never run it.
@@ -231,9 +251,16 @@ class ToolLoop:
                 body["tool_choice"] = "auto"
                 relax_after_first = False
 
+    def _upstream_span(self) -> UpstreamSpan:
+        assert self.trace is not None
+        target = self.route.targets[0]
+        return self.trace.upstream(target.model, target.upstream.name, target.upstream.config.base_url)
+
     async def _run_tools(self, calls: list[ToolCall]) -> AsyncIterator[ToolStarted | ToolFinished]:
         for call in calls:
             yield ToolStarted(call)
+        trace = self.trace
+        spans = None if trace is None else {id(call): trace.tool(call.id, call.name) for call in calls}
         started = time.perf_counter()
         executor = self.services.executor
         # Only offered tools run: one the key may not use, or that was not offered, is an unknown tool.
@@ -242,6 +269,8 @@ class ToolLoop:
         try:
             for next_done in asyncio.as_completed(tasks):
                 outcome = await next_done
+                if spans is not None:
+                    spans.pop(id(outcome.call)).finish(outcome.outcome)
                 self.stats.tools_called.append(outcome.call.name)
                 self.stats.trace.append(outcome.trace())
                 yield ToolFinished(outcome)
@@ -250,6 +279,9 @@ class ToolLoop:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if spans:
+                for span in spans.values():
+                    span.cancelled()
             self.stats.tool_wait_s += time.perf_counter() - started
 
     def _remaining(self) -> float:
@@ -258,11 +290,13 @@ class ToolLoop:
             raise UpstreamTimeout("The request's deadline passed before the model answered.")
         return remaining
 
-    async def _complete_round(self, body: dict[str, Any], intercept: bool) -> AsyncIterator[_Round]:
+    async def _complete_round(
+        self, body: dict[str, Any], intercept: bool, headers: UpstreamHeaders
+    ) -> AsyncIterator[_Round]:
         body["stream"] = False
         try:
             async with asyncio.timeout(self._remaining()):
-                answer, waited = await self.route.complete(body, self.headers)
+                answer, waited = await self.route.complete(body, headers)
         except TimeoutError as exc:
             raise UpstreamTimeout("The request's deadline passed before the model answered.") from exc
         self.stats.upstream_wait_s += waited
@@ -278,9 +312,11 @@ class ToolLoop:
         calls = calls_from_message(message) if intercept else []
         history = {k: v for k, v in message.items() if k in ("role", "content")}
         history.setdefault("role", "assistant")
-        yield _Round(history, calls, choice.get("finish_reason"), answer)
+        yield _Round(history, calls, choice.get("finish_reason"), answer, answer.get("model"), answer.get("usage"))
 
-    async def _stream_round(self, body: dict[str, Any], intercept: bool) -> AsyncIterator[Chunk | ChunkBatch | _Round]:
+    async def _stream_round(
+        self, body: dict[str, Any], intercept: bool, headers: UpstreamHeaders
+    ) -> AsyncIterator[Chunk | ChunkBatch | _Round]:
         body["stream"] = True
         assembler = ToolCallAssembler()
         content: list[str] = []
@@ -288,9 +324,10 @@ class ToolLoop:
         answered = False
         done = False
         usage: Any = None
+        model: Any = None
         started = time.perf_counter()
         model_label = self.services.labels.model(self.client_model)
-        async with self.route.stream(body, self.headers) as (_, payloads):
+        async with self.route.stream(body, headers) as (_, payloads):
             first = True
             async for batch in payloads:
                 out: list[Chunk] = []
@@ -303,6 +340,7 @@ class ToolLoop:
                     if first:
                         metrics.TIME_TO_FIRST_TOKEN.labels(model_label).observe(time.perf_counter() - started)
                         first = False
+                        model = data.get("model")
                         self.chunks.adopt_identity(data)
                     if data.get("error") is not None and not data.get("choices"):
                         error = self.route.primary.error_payload(data, 502)
@@ -350,7 +388,7 @@ class ToolLoop:
         self.stats.usage = add_usage(self.stats.usage, usage)
         text = "".join(content)
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
-        yield _Round(message, assembler.calls(), finish_reason)
+        yield _Round(message, assembler.calls(), finish_reason, None, model, usage)
 
     async def _finish(self, result: _Round, client_calls: list[ToolCall] | None) -> AsyncIterator[Event]:
         """Render the last round: only the client's calls, summed usage, the client's model."""

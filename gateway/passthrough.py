@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -60,21 +59,15 @@ class PassthroughRecord(RequestRecord):
         self.usage: dict[str, Any] | None = None
 
     def finish(self, status: int, labels: metrics.Labels, error: str | None = None) -> None:
-        if self.closed:
+        duration = self.settle()
+        if duration is None:
             return
-        self.closed = True
-        duration = time.perf_counter() - self.started
-        metrics.REQUESTS_IN_FLIGHT.dec()
-        self.admission.release()
         model = labels.model(self.model)
         stream = "true" if self.stream else "false"
         metrics.child(metrics.PASSTHROUGH_REQUESTS, self.path, model, stream, str(status), self.key).inc()
         metrics.child(metrics.PASSTHROUGH_DURATION, self.path, model, stream).observe(duration)
         usage = self.usage or {}
-        for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-            count = usage.get(key)
-            if isinstance(count, int) and not isinstance(count, bool):
-                metrics.child(metrics.TOKEN_USAGE, model, kind, self.key).observe(count)
+        self.count_tokens(model, usage)
         fields: dict[str, Any] = {
             "event": "request",
             "request_id": self.request_id,
@@ -90,6 +83,9 @@ class PassthroughRecord(RequestRecord):
         }
         if error is not None:
             fields["error"] = error
+        if self.trace is not None:
+            fields["trace_id"] = self.trace.trace_id
+            self.trace.end(status, self.model, self.usage, upstream=self.upstream)
         write_log(fields)
 
 
@@ -129,6 +125,8 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
     request_id = request_id_from(request.headers.get("x-request-id"))
     request.state.request_id = request_id
     record = PassthroughRecord(request_id, request.scope["path"])
+    if chat.tracing is not None:
+        record.trace = chat.tracing.request("POST", record.path, request.headers)
     stack = AsyncExitStack()
     try:
         policy = chat.authenticator.caller(request.headers)
@@ -144,6 +142,11 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
         record.admission = await chat.limiter.admit(policy)
         headers = forwardable_headers(request.headers.raw)
         headers["x-request-id"] = request_id
+        if record.trace is not None:
+            # One upstream span for the exchange, retries and fallbacks included; it ends with the request.
+            target = route.targets[0]
+            span = record.trace.upstream(target.model, target.upstream.name, target.upstream.config.base_url)
+            headers = span.headers(headers)
         exchange = _Exchange(record.path, raw, body, model, headers)
         if record.stream:
             target, opened = await unless_client_leaves(request, route.first_answer(exchange.opener(stack)))

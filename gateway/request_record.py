@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
 from gateway.loop import LoopStats
 from gateway.policy import ANONYMOUS, UNLIMITED, Admission
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace
 
 log = logging.getLogger("gateway.request")
 
@@ -24,16 +27,30 @@ class RequestRecord:
         self.admission: Admission = UNLIMITED
         self.started = time.perf_counter()
         self.closed = False
+        # Set only when tracing is on: the request's span, ended with this record.
+        self.trace: RequestTrace | None = None
         metrics.REQUESTS_IN_FLIGHT.inc()
+
+    def settle(self) -> float | None:
+        """Close the record and release what the request held: its duration, or None when closed already."""
+        if self.closed:
+            return None
+        self.closed = True
+        metrics.REQUESTS_IN_FLIGHT.dec()
+        self.admission.release()
+        return time.perf_counter() - self.started
+
+    def count_tokens(self, model: str, usage: dict[str, Any]) -> None:
+        for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
+            count = usage.get(key)
+            if isinstance(count, int) and not isinstance(count, bool):
+                metrics.child(metrics.TOKEN_USAGE, model, kind, self.key).observe(count)
 
     def close(self, status: int, stats: LoopStats | None, labels: metrics.Labels, error: str | None = None) -> None:
         """Record the request; only the first call counts (a stream may end on several paths)."""
-        if self.closed:
+        duration = self.settle()
+        if duration is None:
             return
-        self.closed = True
-        duration = time.perf_counter() - self.started
-        metrics.REQUESTS_IN_FLIGHT.dec()
-        self.admission.release()
         model = labels.model(self.model)
         stream = "true" if self.stream else "false"
         metrics.child(metrics.REQUESTS, model, stream, str(status), self.key).inc()
@@ -52,10 +69,7 @@ class RequestRecord:
             metrics.child(metrics.OVERHEAD, stream).observe(max(0.0, duration - waited))
             metrics.TOOL_ROUNDS.observe(stats.rounds)
             usage = stats.usage or {}
-            for kind, key in (("input", "prompt_tokens"), ("output", "completion_tokens")):
-                count = usage.get(key)
-                if isinstance(count, int):
-                    metrics.child(metrics.TOKEN_USAGE, model, kind, self.key).observe(count)
+            self.count_tokens(model, usage)
             fields.update(
                 upstream=stats.upstream,
                 rounds=stats.rounds,
@@ -65,6 +79,12 @@ class RequestRecord:
             )
         if error is not None:
             fields["error"] = error
+        if self.trace is not None:
+            fields["trace_id"] = self.trace.trace_id
+            if stats is None:
+                self.trace.end(status, self.model)
+            else:
+                self.trace.end(status, self.model, stats.usage, stats.rounds, stats.upstream)
         write_log(fields)
 
 
