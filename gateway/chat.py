@@ -1,4 +1,7 @@
-"""Serving one chat completion: HTTP request in, JSON or SSE response out, one log line and its metrics."""
+"""Serving one chat completion: HTTP request in, JSON or SSE response out, one log line and its metrics.
+
+Parse, run the loop, render its events (``gateway.chat_render``) as one JSON body or an SSE stream.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway import metrics
 from gateway.auth import Authenticator
-from gateway.chunks import Chunk
+from gateway.chat_render import ChatStreamRenderer, completion_body
 from gateway.errors import (
     BodyTooLarge,
     GatewayError,
@@ -24,26 +27,16 @@ from gateway.errors import (
     ModelNotFound,
     RequestTimeout,
     UpstreamUnavailable,
-    error_body,
     json_response,
 )
 from gateway.event_stream import EventStreamResponse, until_disconnected
 from gateway.jsoncodec import JsonEncodeError
-from gateway.loop import (
-    ChunkBatch,
-    Completion,
-    Event,
-    LoopServices,
-    LoopStats,
-    ToolFinished,
-    ToolLoop,
-    ToolStarted,
-)
+from gateway.loop import LoopServices, ToolLoop
+from gateway.loop_events import Completion, Event, LoopStats, ServerToolFinished, ServerToolStarted
 from gateway.policy import OPEN_POLICY, RateLimiter
 from gateway.protocol import parse_chat_request
 from gateway.request_record import RequestRecord
 from gateway.routing import Router, not_found_message
-from gateway.sse import DONE, encode_comment, encode_data, encode_raw
 from gateway.tools.base import ToolContext
 from gateway.upstream import forwardable_headers
 
@@ -162,7 +155,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
         trace = request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes")
         events = loop.run()
         if not chat.stream:
-            completion = await unless_client_leaves(request, _completion(events))
+            completion = completion_body(await unless_client_leaves(request, _completion(events)), chat.model)
             if trace:
                 completion["x_gateway"] = {"rounds": stats.rounds, "tool_calls": stats.trace}
             await record.admission.spend_tokens(stats.usage)
@@ -174,9 +167,11 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
                 raise UpstreamUnavailable("The upstream's answer could not be re-encoded.", retryable=False) from exc
             record.close(200, stats, labels)
             return response
-        # Pull the first event before answering: an upstream that fails before its
+        wants_usage = bool((chat.stream_options or {}).get("include_usage"))
+        renderer = ChatStreamRenderer(chat.model, loop.withholds_calls, wants_usage, trace)
+        # Render up to the first event before answering: an upstream that fails before its
         # first byte is then an ordinary HTTP error, not an error inside a 200 stream.
-        first = await unless_client_leaves(request, _first(events))
+        first = await unless_client_leaves(request, _first(events, renderer))
     except GatewayError as exc:
         exc.headers = {**record.admission.headers, **exc.headers}
         if stats is not None and stats.tools_called:
@@ -196,7 +191,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
     assert stats is not None
     end = _StreamEnd(events, record, stats, labels)
     return EventStreamResponse(
-        _sse(events, first, trace, stats, end),
+        _sse(events, first, renderer, stats, end),
         headers={"x-request-id": request_id, **record.admission.headers},
         ping_interval_s=service.keepalive_interval_s,
         # A client gone before the stream began: the body never started, so its cleanup never runs.
@@ -221,65 +216,57 @@ class _StreamEnd:
         await self.record.admission.spend_tokens(self.stats.usage)
 
 
-async def _completion(events: AsyncIterator[Event]) -> dict[str, Any]:
+async def _completion(events: AsyncIterator[Event]) -> Completion:
     completion = None
     async for event in events:
         if isinstance(event, Completion):
-            completion = event.body
+            completion = event
     assert completion is not None
     return completion
 
 
-async def _first(events: AsyncIterator[Event]) -> Event | None:
-    return await anext(events, None)
-
-
-def _encode_chunk(chunk: Chunk) -> bytes:
-    return encode_raw(chunk.raw) if chunk.raw is not None else encode_data(chunk.data)
-
-
-def _encode(event: Event, trace: bool) -> bytes | None:
-    if isinstance(event, Chunk):
-        return _encode_chunk(event)
-    if isinstance(event, ChunkBatch):
-        return b"".join(_encode_chunk(chunk) for chunk in event.chunks)
-    if not trace:
-        return None
-    if isinstance(event, ToolStarted):
-        call = event.call
-        return encode_comment("tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments})
-    if isinstance(event, ToolFinished):
-        return encode_comment("tool_result", event.outcome.trace())
-    return None
+async def _first(events: AsyncIterator[Event], renderer: ChatStreamRenderer) -> list[bytes]:
+    """Render events until the stream must begin: something to write, a server tool's
+    progress, or the end of the answer. Their bytes, to be written first."""
+    async for event in events:
+        if isinstance(event, Completion):
+            return renderer.finish(event)
+        encoded = renderer.render(event)
+        if encoded is not None:
+            return [encoded]
+        if isinstance(event, ServerToolStarted | ServerToolFinished):
+            return []
+    return []
 
 
 async def _sse(
-    events: AsyncIterator[Event], first: Event | None, trace: bool, stats: LoopStats, end: _StreamEnd
+    events: AsyncIterator[Event], first: list[bytes], renderer: ChatStreamRenderer, stats: LoopStats, end: _StreamEnd
 ) -> AsyncIterator[bytes]:
     error: str | None = None
     status = 200
     try:
-        if first is not None:
-            encoded = _encode(first, trace)
+        for written in first:
+            yield written
+        async for event in events:
+            if type(event) is Completion:
+                for written in renderer.finish(event):
+                    yield written
+                continue
+            encoded = renderer.render(event)
             if encoded is not None:
                 yield encoded
-            async for event in events:
-                encoded = _encode(event, trace)
-                if encoded is not None:
-                    yield encoded
     except GatewayError as exc:
         error = exc.message
-        yield encode_data(exc.body())
+        yield renderer.error(exc)
     except Exception as exc:
         log.exception("stream failed", extra={"request_id": end.record.request_id})
         error = f"{type(exc).__name__}: {exc}"
-        yield encode_data(error_body("The gateway failed while streaming the answer.", "server_error"))
+        yield renderer.error(None)
     except BaseException:
         # Cancelled or closed from outside: the client left mid-stream.
         status, error = CLIENT_CLOSED, "client disconnected"
         raise
     finally:
         await end(status, error)
-    # The round count is only known at the end: a comment every SSE parser skips.
-    yield encode_comment("gateway", {"tool_rounds": stats.rounds, "max_rounds_reached": stats.max_rounds_reached})
-    yield DONE
+    for written in renderer.end(stats):
+        yield written

@@ -1,8 +1,8 @@
 """The tool loop: upstream → server tool calls → executor → upstream, until the model answers.
 
-The loop knows nothing of HTTP. It yields events; the JSON route keeps the
-``Completion``, the streaming route encodes ``Chunk``s (and, on opt-in, tool
-progress) as SSE. Streamed and non-streamed requests share every rule here.
+The loop knows nothing of HTTP or of any client's wire format. It yields the
+neutral events of ``gateway.loop_events``; each client protocol renders them
+(``gateway.chat_render``). Streamed and non-streamed requests share every rule here.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
-from gateway.chunks import Chunk, ChunkShaper
 from gateway.config import LoopConfig
 from gateway.continuations import Continuation, ContinuationStore, splice
 from gateway.deltas import ToolCall, ToolCallAssembler, calls_from_message, new_call_id
@@ -25,6 +24,20 @@ from gateway.errors import (
     UpstreamStreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+)
+from gateway.loop_events import (
+    AnswerDelta,
+    AnswerStarted,
+    ClientToolCallArguments,
+    ClientToolCallDone,
+    ClientToolCallStarted,
+    Completion,
+    DeltaBatch,
+    Event,
+    LoopStats,
+    RoundFinished,
+    ServerToolFinished,
+    ServerToolStarted,
 )
 from gateway.metrics import Labels
 from gateway.policy import OPEN_POLICY, KeyPolicy
@@ -37,47 +50,6 @@ from gateway.upstream import UpstreamHeaders
 
 if TYPE_CHECKING:
     from gateway.tracing import RequestTrace, UpstreamSpan
-
-
-@dataclass(slots=True)
-class ChunkBatch:
-    """Chunks from one read of the upstream stream, to be written to the client at once."""
-
-    chunks: list[Chunk]
-
-
-@dataclass(slots=True)
-class ToolStarted:
-    call: ToolCall
-
-
-@dataclass(slots=True)
-class ToolFinished:
-    outcome: ToolOutcome
-
-
-@dataclass(slots=True)
-class Completion:
-    """The final response body of a non-streaming request."""
-
-    body: dict[str, Any]
-
-
-Event = Chunk | ChunkBatch | ToolStarted | ToolFinished | Completion
-
-
-@dataclass(slots=True)
-class LoopStats:
-    """What the loop did, for response headers, logs and metrics."""
-
-    rounds: int = 0
-    max_rounds_reached: bool = False
-    usage: dict[str, Any] | None = None
-    upstream: str | None = None
-    upstream_wait_s: float = 0.0
-    tool_wait_s: float = 0.0
-    tools_called: list[str] = field(default_factory=list)
-    trace: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -133,13 +105,17 @@ class ToolLoop:
         self.context = context
         self.headers = headers
         self.stream = bool(request.stream)
-        self.client_model = request.model
         self.stats = LoopStats(upstream=route.primary.name)
         self.client_tools = {t.function.name for t in request.tools or [] if t.function is not None}
         self.server_tools = self._offered_tools()
-        self.wants_usage = bool((request.stream_options or {}).get("include_usage"))
         self._slots = services.executor.request_slots()
-        self.chunks = ChunkShaper(self.client_model)
+
+    @property
+    def withholds_calls(self) -> bool:
+        """Whether the upstream's tool calls and finish reasons are held back from the
+        answer's deltas (server tools are offered): the loop decides on them, and
+        ``Completion`` then states the client's calls and the finish reason."""
+        return bool(self.server_tools)
 
     def _offered_tools(self) -> dict[str, dict[str, Any]]:
         if not self.route.primary.config.server_tools or self.request.tool_choice == "none":
@@ -172,7 +148,7 @@ class ToolLoop:
         spliced = await splice(body["messages"], self.services.continuations, scope)
         if spliced is not None:
             body["messages"] = spliced
-        intercept = bool(self.server_tools)
+        intercept = self.withholds_calls
         if intercept:
             body["tools"] = list(body.get("tools") or []) + list(self.server_tools.values())
         choice = self.request.tool_choice
@@ -209,12 +185,13 @@ class ToolLoop:
             assert result is not None
             if span is not None:
                 span.finish(result.model, result.usage, result.finish_reason)
+            yield RoundFinished(result.finish_reason, result.usage, result.model)
             client_calls = [c for c in result.calls if c.name in self.client_tools]
             server_calls = [c for c in result.calls if c.name not in self.client_tools]
             # A round cut off by the token limit may hold a call cut mid-arguments: never run it.
             truncated = result.finish_reason == "length"
             if not intercept or not server_calls or final or truncated:
-                async for final_event in self._finish(result, client_calls if intercept else None):
+                for final_event in self._finish(result, client_calls if intercept else None):
                     yield final_event
                 return
 
@@ -223,7 +200,7 @@ class ToolLoop:
             outcomes: dict[int, ToolOutcome] = {}
             async for progress in self._run_tools(runnable):
                 yield progress
-                if isinstance(progress, ToolFinished):
+                if isinstance(progress, ServerToolFinished):
                     outcomes[id(progress.outcome.call)] = progress.outcome
             results = [outcomes[id(c)].message() for c in runnable] + [
                 {
@@ -242,7 +219,7 @@ class ToolLoop:
                 assistant = {**result.message, "tool_calls": [c.as_history_part() for c in sent]}
                 stored = tuple((c.id, c.name, c.arguments) for c in client_calls)
                 await self.services.continuations.put(scope, Continuation(assistant, results, stored))
-                async for final_event in self._finish(result, client_calls):
+                for final_event in self._finish(result, client_calls):
                     yield final_event
                 return
             assistant = {**result.message, "tool_calls": [c.as_history_part() for c in result.calls]}
@@ -256,9 +233,9 @@ class ToolLoop:
         target = self.route.targets[0]
         return self.trace.upstream(target.model, target.upstream.name, target.upstream.config.base_url)
 
-    async def _run_tools(self, calls: list[ToolCall]) -> AsyncIterator[ToolStarted | ToolFinished]:
+    async def _run_tools(self, calls: list[ToolCall]) -> AsyncIterator[ServerToolStarted | ServerToolFinished]:
         for call in calls:
-            yield ToolStarted(call)
+            yield ServerToolStarted(call)
         trace = self.trace
         spans = None if trace is None else {id(call): trace.tool(call.id, call.name) for call in calls}
         started = time.perf_counter()
@@ -273,7 +250,7 @@ class ToolLoop:
                     spans.pop(id(outcome.call)).finish(outcome.outcome)
                 self.stats.tools_called.append(outcome.call.name)
                 self.stats.trace.append(outcome.trace())
-                yield ToolFinished(outcome)
+                yield ServerToolFinished(outcome)
         finally:
             # A closed stream (client gone) must not leave tools running behind it.
             for task in tasks:
@@ -316,7 +293,7 @@ class ToolLoop:
 
     async def _stream_round(
         self, body: dict[str, Any], intercept: bool, headers: UpstreamHeaders
-    ) -> AsyncIterator[Chunk | ChunkBatch | _Round]:
+    ) -> AsyncIterator[AnswerStarted | AnswerDelta | DeltaBatch | _Round]:
         body["stream"] = True
         assembler = ToolCallAssembler()
         content: list[str] = []
@@ -326,11 +303,11 @@ class ToolLoop:
         usage: Any = None
         model: Any = None
         started = time.perf_counter()
-        model_label = self.services.labels.model(self.client_model)
+        model_label = self.services.labels.model(self.request.model)
         async with self.route.stream(body, headers) as (_, payloads):
             first = True
             async for batch in payloads:
-                out: list[Chunk] = []
+                out: list[AnswerDelta] = []
                 failure: UpstreamError | None = None
                 for item in batch:
                     if item is None:
@@ -341,7 +318,7 @@ class ToolLoop:
                         metrics.TIME_TO_FIRST_TOKEN.labels(model_label).observe(time.perf_counter() - started)
                         first = False
                         model = data.get("model")
-                        self.chunks.adopt_identity(data)
+                        yield AnswerStarted(data.get("id"), data.get("created"), model)
                     if data.get("error") is not None and not data.get("choices"):
                         error = self.route.primary.error_payload(data, 502)
                         failure = UpstreamStreamError("upstream reported an error mid-stream", error)
@@ -361,17 +338,21 @@ class ToolLoop:
                     text = delta.get("content")
                     if isinstance(text, str):
                         content.append(text)
+                    else:
+                        text = None
                     reason = choice.get("finish_reason")
                     if reason is not None:
                         finish_reason = reason
-                    chunk = self.chunks.relay(data, item.raw, choice, delta, intercept, bool(assembler))
-                    if chunk is not None:
-                        out.append(chunk)
+                    # vLLM, llama.cpp and DeepSeek name it ``reasoning_content``; OpenRouter, newer vLLM ``reasoning``.
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if not isinstance(reasoning, str):
+                        reasoning = None
+                    out.append(AnswerDelta(text, reasoning, bool(assembler), item))
                 # What arrived together goes out together: one write, not one per event.
                 if len(out) == 1:
                     yield out[0]
                 elif out:
-                    yield ChunkBatch(out)
+                    yield DeltaBatch(out)
                 if failure is not None:
                     raise failure
                 if done:
@@ -390,38 +371,19 @@ class ToolLoop:
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         yield _Round(message, assembler.calls(), finish_reason, None, model, usage)
 
-    async def _finish(self, result: _Round, client_calls: list[ToolCall] | None) -> AsyncIterator[Event]:
-        """Render the last round: only the client's calls, summed usage, the client's model."""
+    def _finish(self, result: _Round, client_calls: list[ToolCall] | None) -> list[Event]:
+        """The answer's end: the client's calls (when the loop withheld the upstream's), summed usage."""
         finish_reason = result.finish_reason
         if client_calls is not None and finish_reason != "length":
             finish_reason = (
                 "tool_calls" if client_calls else ("stop" if finish_reason in (None, "tool_calls") else finish_reason)
             )
-        if not self.stream:
-            body = result.body
-            assert body is not None
-            body["model"] = self.client_model
-            if self.stats.usage is not None:
-                body["usage"] = self.stats.usage
-            choice = first_choice(body)
-            if choice is not None and client_calls is not None:
-                message = dict(choice.get("message") or {})
-                if client_calls:
-                    message["tool_calls"] = [c.as_message_part() for c in client_calls]
-                else:
-                    message.pop("tool_calls", None)
-                choice["message"] = message
-                choice["finish_reason"] = finish_reason
-            yield Completion(body)
-            return
-        if client_calls is not None:
-            if client_calls:
-                parts = [{"index": i, **c.as_message_part()} for i, c in enumerate(client_calls)]
-                yield self.chunks.make(
-                    {"index": 0, "delta": {"tool_calls": parts}, "logprobs": None, "finish_reason": None}
-                )
-            yield self.chunks.make(
-                {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason or "stop"}
-            )
-        if self.wants_usage and self.stats.usage is not None:
-            yield self.chunks.make(None, self.stats.usage)
+        events: list[Event] = []
+        for index, call in enumerate(client_calls or ()):
+            events.append(ClientToolCallStarted(index, call.id, call.name))
+            events.append(ClientToolCallArguments(index, call.arguments))
+            events.append(ClientToolCallDone(index, call))
+        withheld = client_calls is not None
+        stats = self.stats
+        events.append(Completion(finish_reason, stats.usage, stats, client_calls or [], withheld, result.body))
+        return events

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
-from gateway.loop import LoopStats
+from gateway.loop_events import LoopStats
 from gateway.policy import ANONYMOUS, UNLIMITED, Admission
 
 if TYPE_CHECKING:
