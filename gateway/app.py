@@ -31,7 +31,6 @@ from gateway.metrics import Labels
 from gateway.passthrough import PassthroughService, serve_passthrough
 from gateway.policy import OPEN_POLICY, REFUSAL_REASONS, RateLimiter
 from gateway.redaction import Redactor
-from gateway.redis_continuations import RedisContinuationStore, redis_client
 from gateway.routes import router
 from gateway.routing import Router
 from gateway.state import GatewayState
@@ -56,9 +55,14 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
     models = [m for u in config.upstreams for m in (*u.models, *u.model_map)]
     labels = Labels(models, registry.names())
     loop = config.loop
-    state_client = redis_client(config.state) if config.state.backend == "redis" else None
+    state_client = None
     continuations: ContinuationStore
-    if state_client is not None:
+    if config.state.backend == "redis":
+        # Imported only when used: the redis client (and the OpenTelemetry parts it loads when present)
+        # cost a tenth of a second of every start-up.
+        from gateway.redis_continuations import RedisContinuationStore, redis_client
+
+        state_client = redis_client(config.state)
         continuations = RedisContinuationStore(
             state_client,
             config.state,

@@ -9,15 +9,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as redis
-
 from gateway.chat import ChatService
 from gateway.config import GatewayConfig
-from gateway.redis_continuations import redis_reachable
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import Upstream
 
 if TYPE_CHECKING:
+    import redis.asyncio as redis
+
     from gateway.tools.mcp import McpSources
 
 log = logging.getLogger("gateway")
@@ -42,6 +41,11 @@ class GatewayState:
     draining: bool = False
     _readiness: tuple[float, asyncio.Future[dict[str, Any]]] | None = None
     _models_watch: asyncio.Future[None] | None = None
+
+    async def _state_reachable(self, client: redis.Redis) -> bool:
+        from gateway.redis_continuations import redis_reachable  # loaded already: the client came from there
+
+        return await redis_reachable(client, self.config.state.timeout_s)
 
     async def readiness(self) -> dict[str, Any]:
         """Every upstream probed and every tool source's state; probes are shared for a
@@ -69,7 +73,7 @@ class GatewayState:
         # a tool outage into a chat outage that moving traffic to another replica could not fix.
         ready = not unserved
         state = {"backend": self.config.state.backend, "status": "ok"}
-        if self.state_client is not None and not await redis_reachable(self.state_client, self.config.state.timeout_s):
+        if self.state_client is not None and not await self._state_reachable(self.state_client):
             # Only mixed turns need it; every other request is served, so this degrades, it does not unready.
             state["status"] = "unreachable"
         return {
