@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -25,7 +26,7 @@ from starlette.responses import Response
 
 from gateway import jsoncodec, metrics
 from gateway.chat import CLIENT_CLOSED, ChatService, ClientGone, read_body, request_id_from, unless_client_leaves
-from gateway.errors import GatewayError, ModelNotFound, UpstreamUnavailable, error_body
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamTimeout, UpstreamUnavailable, error_body
 from gateway.event_stream import EventStreamResponse
 from gateway.protocol import parse_model_request
 from gateway.request_record import RequestRecord, write_log
@@ -34,6 +35,8 @@ from gateway.sse import DONE, MAX_LINE_BYTES, encode_data
 from gateway.upstream import Upstream, UpstreamHeaders, forwardable_headers
 
 log = logging.getLogger("gateway.request")
+
+T = TypeVar("T")
 
 # Only events that may carry usage are parsed; every other one is relayed without a look inside.
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
@@ -103,7 +106,10 @@ class _Exchange:
         if target.model == self.model:
             return self.raw  # the client's own bytes
         # Only the name changes; every other field (and integers of any size) stays as sent.
-        return jsoncodec.dumps({**self.body, "model": target.model})
+        try:
+            return jsoncodec.dumps({**self.body, "model": target.model})
+        except jsoncodec.JsonEncodeError as exc:
+            raise InvalidRequest(f"The request body cannot be re-encoded: {exc}") from exc
 
     async def forward(self, target: Target) -> tuple[Target, int, bytes]:
         status, content = await target.upstream.forward(self.path, self.content(target), self.headers)
@@ -134,7 +140,11 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
         raw = await read_body(request, chat.max_body_bytes, chat.body_timeout_s)
         body, model = parse_model_request(raw, chat.max_model_chars)
         record.model = model
-        record.stream = body.get("stream") is True
+        stream = body.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            # A server may stream on a truthy value the gateway would read whole: say so instead.
+            raise InvalidRequest("'stream' must be a boolean.", param="stream")
+        record.stream = stream is True
         if not policy.allows_model(model):
             # Exactly what an unknown model gets, as on chat.
             raise ModelNotFound(not_found_message(model), param="model")
@@ -148,11 +158,13 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
             span = record.trace.upstream(target.model, target.upstream.name, target.upstream.config.base_url)
             headers = span.headers(headers)
         exchange = _Exchange(record.path, raw, body, model, headers)
+        deadline = time.monotonic() + chat.services.config.deadline_s
         if record.stream:
-            target, opened = await unless_client_leaves(request, route.first_answer(exchange.opener(stack)))
+            opening = _within(deadline, route.first_answer(exchange.opener(stack)))
+            target, opened = await unless_client_leaves(request, opening)
             record.upstream = target.upstream.name
             if opened.content_type == "text/event-stream":
-                relay = _Relay(target.upstream, opened, stack, record, labels)
+                relay = _Relay(target.upstream, opened, stack, record, labels, deadline)
                 return EventStreamResponse(
                     relay.events(),
                     headers={"x-request-id": request_id, **record.admission.headers},
@@ -161,10 +173,11 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
                 )
             # A server that answers a streamed request with one JSON body: relayed as such.
             status = opened.status
-            content = await unless_client_leaves(request, _read(target.upstream, opened))
+            content = await unless_client_leaves(request, _within(deadline, _read(target.upstream, opened)))
             await stack.aclose()
         else:
-            target, status, content = await unless_client_leaves(request, route.first_answer(exchange.forward))
+            answer = _within(deadline, route.first_answer(exchange.forward))
+            target, status, content = await unless_client_leaves(request, answer)
             record.upstream = target.upstream.name
         record.usage = _usage(target.upstream, content)
         await record.admission.spend_tokens(record.usage)
@@ -191,6 +204,29 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
         await stack.aclose()
         record.finish(500, labels, f"{type(exc).__name__}: {exc}")
         raise
+
+
+async def _within(deadline: float, work: Awaitable[T]) -> T:
+    """``work``, unless the request's deadline (``loop.deadline_s``, as for chat) passes first."""
+    try:
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline - time.monotonic()):
+            return await work
+    except TimeoutError as exc:
+        raise UpstreamTimeout("The request's deadline passed before the upstream answered.") from exc
+
+
+async def _until(deadline: float, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``pieces`` as they come, until the request's deadline: a stream that outlives it ends in an error."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            async with asyncio.timeout_at(loop.time() + deadline - time.monotonic()):
+                piece = await anext(pieces, None)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("The request's deadline passed while the upstream was answering.") from exc
+        if piece is None:
+            return
+        yield piece
 
 
 async def _read(upstream: Upstream, response: aiohttp.ClientResponse) -> bytes:
@@ -233,12 +269,13 @@ class _Relay:
     stack: AsyncExitStack
     record: PassthroughRecord
     labels: metrics.Labels
+    deadline: float
 
     async def events(self) -> AsyncIterator[bytes]:
         status, error = 200, None
         pending = b""
         try:
-            async for piece in self.upstream.pieces(self.response):
+            async for piece in _until(self.deadline, self.upstream.pieces(self.response)):
                 data = pending + piece if pending else piece
                 cut = _events_end(data)
                 pending = data[cut:]

@@ -54,10 +54,12 @@ async def readyz(request: Request) -> Response:
     report = await state.readiness()
     status = 200 if report["status"] == "ready" else 503
     try:
-        state.chat.authenticator.caller(request.headers)
+        policy = state.chat.authenticator.caller(request.headers)
     except AuthenticationFailed:
         return json_response({"status": report["status"]}, status)
-    return json_response(report, status)
+    # The report is shared by every caller: a key sees only the unserved models it may use, as on /v1/models.
+    unserved = [m for m in report.get("unserved_models", ()) if policy.allows_model(m)]
+    return json_response({**report, "unserved_models": unserved}, status)
 
 
 @router.get("/metrics")

@@ -219,6 +219,22 @@ def test_http_server_that_stops_answering_is_caught_by_the_ping(
     assert tool_messages(upstream.bodies[-1])[-1]["content"] == "echo: back"
 
 
+@pytest.mark.parametrize("legacy", [False], ids=["2026"])
+def test_a_server_busy_with_a_long_call_is_not_dropped_by_the_ping(
+    upstream: FakeUpstream, make_gateway: GatewayFactory, frozen_server: tuple[subprocess.Popen[str], int]
+) -> None:
+    _, port = frozen_server
+    server = {"name": "web", "url": f"http://127.0.0.1:{port}/mcp", "timeout_s": 10, "ping_interval_s": 0.3}
+    gateway = make_gateway({"tools": {"mcp_servers": [server]}})
+    # The call holds the server's loop for several ping intervals: its pings go unanswered meanwhile.
+    upstream.enqueue(completion(None, [call("web__block", {"seconds": 2}, "b1")]), completion("done"))
+    assert chat(gateway) == "done"
+    assert tool_messages(upstream.bodies[-1])[-1]["content"] == "unblocked"
+    with gateway.http() as http:
+        assert mcp_servers(http)["web"]["status"] == "ok"
+        assert server_up(http, "web") == 1.0
+
+
 def test_tools_that_need_mcp_tasks_are_not_offered(
     upstream: FakeUpstream, make_gateway: GatewayFactory, call_log: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

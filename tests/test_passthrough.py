@@ -419,3 +419,44 @@ def test_async_sdk_streams_completions(upstream: FakeUpstream, gateway: Gateway)
 
     upstream.enqueue(Sse([_completion_chunk("a"), _completion_chunk("b", "stop")]))
     assert asyncio.run(scenario()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("stream", ['"true"', "1", "null"])
+def test_stream_must_be_a_boolean(upstream: FakeUpstream, gateway: Gateway, stream: str) -> None:
+    upstream.enqueue(_text_completion("ok"))
+    body = f'{{"model": "{MODEL}", "prompt": "x", "stream": {stream}}}'
+    with gateway.http() as http:
+        answer = http.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    if stream == "null":  # absent in effect: an ordinary answer
+        assert answer.status_code == 200
+        return
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "stream"
+    assert upstream.requests == []
+
+
+def test_a_body_that_cannot_be_re_encoded_is_a_400(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway(upstream_overrides={"models": ["friendly"], "model_map": {"friendly": "org/embed-7b"}})
+    # A lone surrogate beside a big integer: parsed exactly, but not encodable as UTF-8 once renamed.
+    body = '{"model": "friendly", "input": "\\ud800", "seed": 123456789012345678901234567890}'
+    with gateway.http() as http:
+        answer = http.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert set(answer.json()["error"]) == ERROR_FIELDS
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_request_deadline_bounds_passthrough(
+    upstream: FakeUpstream, make_gateway: GatewayFactory, stream: bool
+) -> None:
+    gateway = make_gateway({"loop": {"deadline_s": 0.5}})
+    upstream.enqueue(Hang())
+    with gateway.http() as http:
+        answer = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "stream": stream})
+    if answer.headers["content-type"].startswith("text/event-stream"):
+        # The upstream had sent its headers: the deadline ends the stream with an error event.
+        assert '"code":"upstream_timeout"' in answer.text and answer.text.endswith("data: [DONE]\n\n")
+    else:
+        assert answer.status_code == 504
+        assert answer.json()["error"]["code"] == "upstream_timeout"

@@ -423,7 +423,9 @@ def test_not_ready_while_one_model_has_no_reachable_target(
     down = f"http://127.0.0.1:{_free_port()}/v1"
     gateway = make_gateway(
         {
-            "auth": {"api_keys": ["sk-ready-check"]},
+            "auth": {
+                "api_keys": ["sk-ready-check", {"name": "narrow", "key": "sk-narrow-check", "models": ["served"]}]
+            },
             "upstreams": [
                 {
                     "name": "up",
@@ -438,7 +440,10 @@ def test_not_ready_while_one_model_has_no_reachable_target(
     with gateway.http() as http:
         anonymous = http.get("/readyz")
         keyed = http.get("/readyz", headers={"authorization": "Bearer sk-ready-check"})
-    assert anonymous.status_code == keyed.status_code == 503
+        narrow = http.get("/readyz", headers={"authorization": "Bearer sk-narrow-check"})
+    assert anonymous.status_code == keyed.status_code == narrow.status_code == 503
+    # A key sees only the unserved models it may use, as on /v1/models.
+    assert narrow.json()["unserved_models"] == []
     assert anonymous.json() == {"status": "not_ready"}
     assert keyed.json()["upstreams"] == {"up": "ok", "down": "unreachable"}
     assert keyed.json()["unserved_models"] == ["stranded"]

@@ -203,6 +203,8 @@ class McpSource:
         self.tools: dict[str, McpTool] = {}
         self.last_error: str | None = None
         self._client: Client | None = None
+        # Calls awaiting an answer: a server busy with them may be slow to answer a ping, not lost.
+        self._calls_in_flight = 0
         self._up = asyncio.Event()
         self._closing = asyncio.Event()
         self._first_attempt = asyncio.Event()
@@ -245,6 +247,7 @@ class McpSource:
             raise ToolFailed(
                 f"MCP server {self.name!r} is unavailable{detail}; its tools are withdrawn until it reconnects."
             )
+        self._calls_in_flight += 1
         try:
             return await client.call_tool(tool_name, arguments)
         except MCPError as exc:
@@ -258,6 +261,8 @@ class McpSource:
             if self._client is not client:
                 raise ToolFailed(f"The connection to MCP server {self.name!r} was lost during the call.") from exc
             raise
+        finally:
+            self._calls_in_flight -= 1
 
     def _lose(self, client: Client | None, reason: str) -> None:
         """Judge ``client``'s connection lost (None: the current one) and wake the task to end it.
@@ -429,6 +434,10 @@ class McpSource:
                     continue
                 reason = f"a ping failed: {exc}"
             except TimeoutError:
+                if self._calls_in_flight:
+                    # Many servers run a synchronous tool on their one event loop, so a long call holds up the
+                    # ping's answer; the calls are bounded by timeout_s themselves, and the next idle ping decides.
+                    continue
                 reason = f"no answer to a ping within {limit:g} s"
             except Exception as exc:
                 reason = f"a ping failed: {_reason(exc)}"

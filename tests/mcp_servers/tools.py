@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,12 @@ def build_server(name: str, call_log: Path | None, request_log: Path | None = No
         """Sleep, then answer."""
         await asyncio.sleep(seconds)
         return "woke up"
+
+    @server.tool(structured_output=False)
+    async def block(seconds: float) -> str:
+        """Hold the server's one event loop, as a synchronous tool run on it does: nothing else is answered."""
+        time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose
+        return "unblocked"
 
     @server.tool(structured_output=False)
     def die() -> str:
