@@ -42,6 +42,8 @@ T = TypeVar("T")
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 # The blank line that ends an SSE event, in each of the line endings SSE allows.
 _EVENT_ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
+# Splits whole events apart, each keeping the blank line that ends it.
+_EVENT_SPLIT = re.compile(rb"(?<=\n\n)|(?<=\n\r\n)|(?<=\r\r)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +103,19 @@ class _Exchange:
     body: dict[str, Any]
     model: str
     headers: UpstreamHeaders
+    # A streamed request of a key with a token limit whose client did not ask for usage: asked for upstream,
+    # so the tokens are counted, and the usage chunk is kept from the client, who did not ask for it.
+    forces_usage: bool = False
 
     def content(self, target: Target) -> bytes:
-        if target.model == self.model:
+        if target.model == self.model and not self.forces_usage:
             return self.raw  # the client's own bytes
-        # Only the name changes; every other field (and integers of any size) stays as sent.
+        # Only the name (and the usage request) change; every other field, integers of any size included, stays.
+        body = {**self.body, "model": target.model}
+        if self.forces_usage and target.upstream.config.stream_usage:
+            body["stream_options"] = {**(self.body.get("stream_options") or {}), "include_usage": True}
         try:
-            return jsoncodec.dumps({**self.body, "model": target.model})
+            return jsoncodec.dumps(body)
         except jsoncodec.JsonEncodeError as exc:
             raise InvalidRequest(f"The request body cannot be re-encoded: {exc}") from exc
 
@@ -157,14 +165,20 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
             target = route.targets[0]
             span = record.trace.upstream(target.model, target.upstream.name, target.upstream.config.base_url)
             headers = span.headers(headers)
-        exchange = _Exchange(record.path, raw, body, model, headers)
+        options = body.get("stream_options")
+        forces_usage = (
+            record.stream
+            and policy.limits.tokens_per_minute is not None
+            and (options is None or (isinstance(options, dict) and options.get("include_usage") is not True))
+        )
+        exchange = _Exchange(record.path, raw, body, model, headers, forces_usage)
         deadline = time.monotonic() + chat.services.config.deadline_s
         if record.stream:
             opening = _within(deadline, route.first_answer(exchange.opener(stack)))
             target, opened = await unless_client_leaves(request, opening)
             record.upstream = target.upstream.name
             if opened.content_type == "text/event-stream":
-                relay = _Relay(target.upstream, opened, stack, record, labels, deadline)
+                relay = _Relay(target.upstream, opened, stack, record, labels, deadline, forces_usage)
                 return EventStreamResponse(
                     relay.events(),
                     headers={"x-request-id": request_id, **record.admission.headers},
@@ -270,6 +284,7 @@ class _Relay:
     record: PassthroughRecord
     labels: metrics.Labels
     deadline: float
+    strips_usage: bool = False
 
     async def events(self) -> AsyncIterator[bytes]:
         status, error = 200, None
@@ -284,8 +299,9 @@ class _Relay:
                 if cut:
                     whole = data[:cut] if pending else data
                     if _USAGE.search(whole) is not None:
-                        self._take_usage(whole)
-                    yield whole
+                        whole = self._take_usage(whole)
+                    if whole:
+                        yield whole
             if pending:
                 yield pending
         except GatewayError as exc:
@@ -302,16 +318,24 @@ class _Relay:
         finally:
             await self.end(status, error)
 
-    def _take_usage(self, events: bytes) -> None:
-        for line in events.splitlines():
-            if line.startswith(b"data:") and _USAGE.search(line) is not None:
-                try:
-                    payload = orjson.loads(line[5:])
-                except orjson.JSONDecodeError:
-                    continue
-                usage = payload.get("usage") if isinstance(payload, dict) else None
-                if isinstance(usage, dict):
-                    self.record.usage = usage
+    def _take_usage(self, events: bytes) -> bytes:
+        """Note the usage these whole events report; return them less a usage chunk the client did not ask for."""
+        kept: list[bytes] = []
+        for event in _EVENT_SPLIT.split(events):
+            dropped = False
+            for line in event.splitlines():
+                if line.startswith(b"data:") and _USAGE.search(line) is not None:
+                    try:
+                        payload = orjson.loads(line[5:])
+                    except orjson.JSONDecodeError:
+                        continue
+                    usage = payload.get("usage") if isinstance(payload, dict) else None
+                    if isinstance(usage, dict):
+                        self.record.usage = usage
+                        dropped = self.strips_usage and payload.get("choices") == []
+            if not dropped:
+                kept.append(event)
+        return b"".join(kept)
 
     async def end(self, status: int = CLIENT_CLOSED, error: str | None = "client disconnected") -> None:
         if self.record.closed:

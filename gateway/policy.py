@@ -106,8 +106,14 @@ class Admission:
             self._limiter.release(self.policy)
 
     async def spend_tokens(self, usage: dict[str, object] | None) -> None:
-        tokens = (usage or {}).get("total_tokens")
-        if self._limiter is not None and isinstance(tokens, int) and tokens > 0:
+        if self._limiter is None or not usage:
+            return
+        tokens = usage.get("total_tokens")
+        if not isinstance(tokens, int):
+            # Some servers leave the total out: the parts add up to it.
+            parts = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            tokens = sum(p for p in parts if isinstance(p, int))
+        if tokens > 0:
             await self._limiter.spend_tokens(self.policy, tokens)
 
 

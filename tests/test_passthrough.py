@@ -460,3 +460,28 @@ def test_the_request_deadline_bounds_passthrough(
     else:
         assert answer.status_code == 504
         assert answer.json()["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["usage-not-asked", "usage-asked"])
+def test_a_streamed_answer_counts_toward_a_token_limit(
+    upstream: FakeUpstream, make_gateway: GatewayFactory, asked: bool
+) -> None:
+    keys = [{"name": "metered", "key": "sk-metered-01", "limits": {"tokens_per_minute": 100}}]
+    gateway = make_gateway({"auth": {"api_keys": keys}})
+    usage_chunk = {**_completion_chunk(""), "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 10}}
+    stream = Sse([_completion_chunk("Once"), _completion_chunk("", "stop"), usage_chunk])
+    upstream.enqueue(stream, _text_completion("x"))
+    body: dict[str, Any] = {"model": MODEL, "prompt": "x", "stream": True}
+    if asked:
+        body["stream_options"] = {"include_usage": True}
+    auth = {"authorization": "Bearer sk-metered-01"}
+    with gateway.http() as http:
+        streamed = http.post("/v1/completions", json=body, headers=auth)
+        after = http.post("/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=auth)
+    assert streamed.status_code == 200, streamed.text
+    # Asked for upstream either way, so the 40 tokens (no total given: the parts) are spent before the next request.
+    assert upstream.requests[0].body["stream_options"] == {"include_usage": True}
+    assert after.headers["x-ratelimit-remaining-tokens"] == "60"
+    # The usage chunk reaches only a client that asked for it.
+    assert ('"usage"' in streamed.text) is asked
+    assert '"text":"Once"' in streamed.text.replace(" ", "") and streamed.text.endswith("data: [DONE]\n\n")
