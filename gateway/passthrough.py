@@ -249,12 +249,7 @@ async def _read(upstream: Upstream, response: aiohttp.ClientResponse) -> bytes:
 
 def _usage(upstream: Upstream, content: bytes) -> dict[str, Any] | None:
     """The answer's usage, if it reports one; an answer that is not JSON is the upstream's fault (502)."""
-    try:
-        answer = orjson.loads(content)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamUnavailable(
-            f"upstream {upstream.name!r} answered with a body that is not JSON", retryable=False
-        ) from exc
+    answer = upstream.parse_answer(content)
     usage = answer.get("usage") if isinstance(answer, dict) else None
     return usage if isinstance(usage, dict) else None
 

@@ -244,17 +244,21 @@ class Upstream:
                         raise self._status_error(status, response.headers, received)
             except _CLIENT_ERRORS as exc:
                 raise self._translate(exc) from exc
-            try:
-                parsed = orjson.loads(received)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamUnavailable(
-                    f"upstream {self.name!r} answered with a body that is not JSON", retryable=False
-                ) from exc
+            parsed = self.parse_answer(received)
             if not isinstance(parsed, dict):
                 raise UpstreamUnavailable(f"upstream {self.name!r} answered with a non-object", retryable=False)
             return parsed
 
         return await self._with_retries(attempt)
+
+    def parse_answer(self, content: bytes) -> Any:
+        """An answer's JSON; one that is not JSON is this upstream's fault (502, not retried)."""
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamUnavailable(
+                f"upstream {self.name!r} answered with a body that is not JSON", retryable=False
+            ) from exc
 
     @asynccontextmanager
     async def stream(self, body: dict[str, Any], headers: UpstreamHeaders) -> AsyncIterator[AsyncIterator[SSEBatch]]:
