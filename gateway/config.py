@@ -44,8 +44,11 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _duplicates(names: list[str]) -> list[str]:
-    return sorted({n for n in names if names.count(n) > 1})
+def _refuse_duplicates(names: list[str], what: str) -> None:
+    """A ValueError naming each of ``names`` that appears more than once, as ``duplicate <what>: a, b``."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate {what}: {', '.join(duplicates)}")
 
 
 LOOPBACK_HOST = "127.0.0.1"
@@ -173,9 +176,7 @@ class ServerConfig(_Strict):
                 "/v1/models/"
             ):
                 raise ValueError(f"{path} is served by the gateway itself")
-        duplicates = _duplicates(value)
-        if duplicates:
-            raise ValueError(f"duplicate passthrough paths: {', '.join(duplicates)}")
+        _refuse_duplicates(value, "passthrough paths")
         return value
 
 
@@ -279,9 +280,7 @@ class AuthConfig(_Strict):
     @classmethod
     def _unique_key_names(cls, value: list[ApiKey]) -> list[ApiKey]:
         # Names scope stored state and label metrics: two keys sharing one would share both.
-        duplicates = _duplicates([k.name for k in value])
-        if duplicates:
-            raise ValueError(f"duplicate API key names: {', '.join(duplicates)}")
+        _refuse_duplicates([k.name for k in value], "API key names")
         return value
 
     @field_validator("api_keys", mode="before")
@@ -355,9 +354,7 @@ class ToolsConfig(_Strict):
     @field_validator("mcp_servers")
     @classmethod
     def _unique_server_names(cls, value: list[McpServerConfig]) -> list[McpServerConfig]:
-        duplicates = _duplicates([s.name for s in value])
-        if duplicates:
-            raise ValueError(f"duplicate MCP server names: {', '.join(duplicates)}")
+        _refuse_duplicates([s.name for s in value], "MCP server names")
         return value
 
 
@@ -425,9 +422,7 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:
         names = [u.name for u in self.upstreams]
-        duplicates = _duplicates(names)
-        if duplicates:
-            raise ValueError(f"duplicate upstream names: {', '.join(duplicates)}")
+        _refuse_duplicates(names, "upstream names")
         for upstream in self.upstreams:
             for fallback in upstream.fallbacks:
                 if fallback.upstream not in names:
