@@ -108,11 +108,12 @@ class _Exchange:
     forces_usage: bool = False
 
     def content(self, target: Target) -> bytes:
-        if target.model == self.model and not self.forces_usage:
+        asks_usage = self.forces_usage and target.upstream.config.stream_usage
+        if target.model == self.model and not asks_usage:
             return self.raw  # the client's own bytes
         # Only the name (and the usage request) change; every other field, integers of any size included, stays.
         body = {**self.body, "model": target.model}
-        if self.forces_usage and target.upstream.config.stream_usage:
+        if asks_usage:
             body["stream_options"] = {**(self.body.get("stream_options") or {}), "include_usage": True}
         try:
             return jsoncodec.dumps(body)
