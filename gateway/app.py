@@ -31,6 +31,8 @@ from gateway.metrics import Labels
 from gateway.passthrough import PassthroughService, serve_passthrough
 from gateway.policy import OPEN_POLICY, REFUSAL_REASONS, RateLimiter
 from gateway.redaction import Redactor
+from gateway.response_store import response_store
+from gateway.responses import RESPONSES_PATH, ResponsesService, serve_responses
 from gateway.routes import router
 from gateway.routing import Router
 from gateway.state import GatewayState
@@ -109,6 +111,9 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
         max_model_chars=config.server.max_model_chars,
         tracing=tracing,
     )
+    responses = ResponsesService(
+        chat, response_store(config, state_client), {server.name: server.url for server in config.tools.mcp_servers}
+    )
     mcp: McpSources | None = None
     if config.tools.mcp_servers:
         # The MCP SDK is the heaviest import (about 1 s and 15 MB); a gateway without MCP servers never loads it.
@@ -120,6 +125,7 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
         upstreams=upstreams,
         registry=registry,
         chat=chat,
+        responses=responses,
         tool_sources=mcp.status if mcp is not None else {},
         mcp=mcp,
         state_client=state_client,
@@ -144,7 +150,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 class GatewayApp:
-    """The ASGI app: chat completions and passthrough paths served directly, everything else through FastAPI.
+    """The ASGI app: chat completions, responses and passthrough paths served directly, the rest through FastAPI.
 
     The chat route is the hot path. FastAPI's middleware, routing and dependency
     layers cost about as much CPU as the gateway's own work per request, and the
@@ -153,10 +159,13 @@ class GatewayApp:
     same way, as they may stream.
     """
 
-    def __init__(self, api: FastAPI, chat: ChatService, passthrough: PassthroughService) -> None:
+    def __init__(
+        self, api: FastAPI, chat: ChatService, passthrough: PassthroughService, responses: ResponsesService
+    ) -> None:
         self.api = api
         self.chat = chat
         self.passthrough = passthrough
+        self.responses = responses
 
     @property
     def state(self) -> State:
@@ -167,6 +176,9 @@ class GatewayApp:
             path = scope["path"]
             if path == CHAT_PATH:
                 await _serve_post(serve_chat, self.chat, scope, receive, send)
+                return
+            if path == RESPONSES_PATH:
+                await _serve_post(serve_responses, self.responses, scope, receive, send)
                 return
             if path in self.passthrough.paths:
                 await _serve_post(serve_passthrough, self.passthrough, scope, receive, send)
@@ -232,4 +244,5 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayAp
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return GatewayApp(app, state.chat, PassthroughService(state.chat, frozenset(config.server.passthrough_paths)))
+    passthrough = PassthroughService(state.chat, frozenset(config.server.passthrough_paths))
+    return GatewayApp(app, state.chat, passthrough, state.responses)

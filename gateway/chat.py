@@ -33,12 +33,12 @@ from gateway.event_stream import EventStreamResponse, until_disconnected
 from gateway.jsoncodec import JsonEncodeError
 from gateway.loop import LoopServices, ToolLoop
 from gateway.loop_events import Completion, Event, LoopStats, ServerToolFinished, ServerToolStarted
-from gateway.policy import OPEN_POLICY, RateLimiter
+from gateway.policy import OPEN_POLICY, KeyPolicy, RateLimiter
 from gateway.protocol import parse_chat_request
 from gateway.request_record import RequestRecord
-from gateway.routing import Router, not_found_message
+from gateway.routing import Route, Router, not_found_message
 from gateway.tools.base import ToolContext
-from gateway.upstream import forwardable_headers
+from gateway.upstream import UpstreamHeaders, forwardable_headers
 
 if TYPE_CHECKING:
     from gateway.tracing import Tracing
@@ -126,6 +126,31 @@ def _response_headers(request_id: str, stats: LoopStats) -> dict[str, str]:
     return headers
 
 
+async def admit(
+    service: ChatService, request: Request, record: RequestRecord, policy: KeyPolicy, model: str, request_id: str
+) -> tuple[Route, ToolContext, UpstreamHeaders]:
+    """What every request for a model passes before its loop: the key's allowlist, a route, the rate limits.
+    The route to take, the tools' context and the headers to send upstream."""
+    if not policy.allows_model(model):
+        # Exactly what an unknown model gets: a key does not learn what other keys may use.
+        raise ModelNotFound(not_found_message(model), param="model")
+    route = service.router.route(model)
+    record.admission = await service.limiter.admit(policy)
+    headers = forwardable_headers(request.headers.raw)
+    headers["x-request-id"] = request_id
+    key_name = None if policy is OPEN_POLICY else policy.name
+    return route, ToolContext(request_id, key_name, time.monotonic() + service.services.config.deadline_s), headers
+
+
+def record_failure(record: RequestRecord, stats: LoopStats | None, labels: metrics.Labels, exc: GatewayError) -> None:
+    """A request failed with an error the client sees: its headers completed, its record closed."""
+    exc.headers = {**record.admission.headers, **exc.headers}
+    if stats is not None and stats.tools_called:
+        # A server tool has run: a client retry would run it again (the SDKs honour this header).
+        exc.headers["x-should-retry"] = "false"
+    record.close(exc.status, stats, labels, exc.message)
+
+
 async def serve_chat(service: ChatService, request: Request) -> Response | EventStreamResponse:
     request_id = request_id_from(request.headers.get("x-request-id"))
     request.state.request_id = request_id
@@ -141,15 +166,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
         body, chat = parse_chat_request(raw, service.max_model_chars)
         record.model = chat.model
         record.stream = bool(chat.stream)
-        if not policy.allows_model(chat.model):
-            # Exactly what an unknown model gets: a key does not learn what other keys may use.
-            raise ModelNotFound(not_found_message(chat.model), param="model")
-        route = service.router.route(chat.model)
-        record.admission = await service.limiter.admit(policy)
-        headers = forwardable_headers(request.headers.raw)
-        headers["x-request-id"] = request_id
-        key_name = None if policy is OPEN_POLICY else policy.name
-        context = ToolContext(request_id, key_name, time.monotonic() + service.services.config.deadline_s)
+        route, context, headers = await admit(service, request, record, policy, chat.model, request_id)
         loop = ToolLoop(service.services, route, body, chat, context, headers, policy, record.trace)
         stats = loop.stats
         trace = request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes")
@@ -173,11 +190,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
         # first byte is then an ordinary HTTP error, not an error inside a 200 stream.
         first = await unless_client_leaves(request, _first(events, renderer))
     except GatewayError as exc:
-        exc.headers = {**record.admission.headers, **exc.headers}
-        if stats is not None and stats.tools_called:
-            # A server tool has run: a client retry would run it again (the SDKs honour this header).
-            exc.headers["x-should-retry"] = "false"
-        record.close(exc.status, stats, labels, exc.message)
+        record_failure(record, stats, labels, exc)
         raise
     except (ClientGone, asyncio.CancelledError) as exc:
         # 499: the client went away (nginx's convention).

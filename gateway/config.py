@@ -372,6 +372,16 @@ class StateConfig(_Strict):
     timeout_s: float = Field(0.5, gt=0, description="deadline of every Redis call")
 
 
+class ResponsesConfig(_Strict):
+    """The Responses API's stored responses (``store: true``), kept in ``state.backend``."""
+
+    store_ttl_s: float = Field(3600.0, gt=0, description="how long a stored response can be read or continued")
+    max_stored_per_key: int = Field(10_000, ge=1, description="stored responses per API key, oldest evicted first")
+    max_stored_bytes_per_key: int = Field(
+        256 * 1024 * 1024, ge=1024, description="bytes of stored responses per API key, oldest evicted first"
+    )
+
+
 class TracingConfig(_Strict):
     """OpenTelemetry tracing; the exporter, service name, sampler and batching come from the standard
     ``OTEL_*`` environment variables, read by the OpenTelemetry SDK itself."""
@@ -386,6 +396,7 @@ class GatewayConfig(_Strict):
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
 

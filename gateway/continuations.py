@@ -11,20 +11,24 @@ Isolation between callers rests on three rules:
   so one key can neither read nor evict another key's turns;
 - a stored turn is spliced only when the client's assistant message carries exactly
   the stored client calls: same ids, names and arguments, in order.
+
+A turn is kept as JSON in a scoped store (``gateway.scoped_store``), which holds the
+bounds and the TTL; this module only knows what a turn is and where it is spliced.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
 from gateway import metrics
+from gateway.scoped_store import MemoryScopedStore, ScopedStore
 
 ClientCall = tuple[str, str, str]  # (id, name, arguments) as the client received them
+
+_MAX_CALL_ID_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +41,6 @@ class Continuation:
     def key(self) -> str:
         return self.client_calls[0][0]
 
-    def size(self) -> int:
-        return len(orjson.dumps([self.assistant_message, self.server_results])) + 64
-
 
 class ContinuationStore(Protocol):
     """Where continuations live; in memory by default, shared (e.g. Redis) across replicas."""
@@ -49,75 +50,49 @@ class ContinuationStore(Protocol):
     async def get(self, scope: str, call_id: str) -> Continuation | None: ...
 
 
-@dataclass(slots=True)
-class _Entry:
-    expires: float
-    size: int
-    continuation: Continuation
+def encode(continuation: Continuation) -> bytes:
+    return orjson.dumps(
+        {
+            "assistant_message": continuation.assistant_message,
+            "server_results": continuation.server_results,
+            "client_calls": continuation.client_calls,
+        }
+    )
 
 
-class _Scope:
-    """One caller's entries, oldest first, with their total size."""
-
-    __slots__ = ("bytes", "entries")
-
-    def __init__(self) -> None:
-        self.entries: OrderedDict[str, _Entry] = OrderedDict()
-        self.bytes = 0
-
-    def pop_oldest(self) -> None:
-        _, entry = self.entries.popitem(last=False)
-        self.bytes -= entry.size
-
-    def remove(self, key: str) -> None:
-        entry = self.entries.pop(key, None)
-        if entry is not None:
-            self.bytes -= entry.size
+def decode(raw: bytes) -> Continuation | None:
+    """The stored continuation; None when the bytes are not one (corrupt, or another version's)."""
+    try:
+        data: Any = orjson.loads(raw)
+        calls = tuple((str(c[0]), str(c[1]), str(c[2])) for c in data["client_calls"])
+        return Continuation(data["assistant_message"], data["server_results"], calls)
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        return None
 
 
-class MemoryContinuationStore:
+class ScopedContinuationStore:
+    """Continuations as JSON over a scoped store; the backends differ only in the store they build."""
+
+    def __init__(self, store: ScopedStore) -> None:
+        self.store = store
+
+    async def put(self, scope: str, continuation: Continuation) -> None:
+        await self.store.put(scope, continuation.key, encode(continuation))
+
+    async def get(self, scope: str, call_id: str) -> Continuation | None:
+        if len(call_id) > _MAX_CALL_ID_CHARS or not call_id.isalnum():
+            return None  # never an id the gateway minted: not worth a look-up (or a round trip)
+        raw = await self.store.get(scope, call_id)
+        return None if raw is None else decode(raw)
+
+
+class MemoryContinuationStore(ScopedContinuationStore):
     """A TTL'd in-process store, bounded per scope by entries and bytes. Entries stay
     until they expire, because a conversation replays its history, the spliced turn
     included, on every later request."""
 
     def __init__(self, ttl_s: float, max_entries: int = 1000, max_bytes: int = 16 * 1024 * 1024) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        # Scopes are key names from the config (or "" when auth is off): their number is bounded.
-        self._scopes: dict[str, _Scope] = {}
-
-    async def put(self, scope: str, continuation: Continuation) -> None:
-        size = continuation.size()
-        if size > self.max_bytes:
-            metrics.CONTINUATIONS.labels("dropped").inc()
-            return
-        entries = self._scopes.setdefault(scope, _Scope())
-        entries.remove(continuation.key)
-        entries.entries[continuation.key] = _Entry(time.monotonic() + self.ttl_s, size, continuation)
-        entries.bytes += size
-        self._evict(entries)
-        metrics.CONTINUATIONS.labels("stored").inc()
-
-    async def get(self, scope: str, call_id: str) -> Continuation | None:
-        entries = self._scopes.get(scope)
-        entry = entries.entries.get(call_id) if entries is not None else None
-        if entries is None or entry is None:
-            return None
-        if entry.expires < time.monotonic():
-            entries.remove(call_id)
-            metrics.CONTINUATIONS.labels("expired").inc()
-            return None
-        return entry.continuation
-
-    def _evict(self, entries: _Scope) -> None:
-        now = time.monotonic()
-        while entries.entries:
-            oldest = next(iter(entries.entries.values()))
-            if oldest.expires >= now and len(entries.entries) <= self.max_entries and entries.bytes <= self.max_bytes:
-                break
-            entries.pop_oldest()
-            metrics.CONTINUATIONS.labels("expired").inc()
+        super().__init__(MemoryScopedStore(ttl_s, max_entries, max_bytes, metrics.CONTINUATIONS))
 
 
 def _client_calls(raw: list[Any]) -> tuple[ClientCall, ...] | None:

@@ -19,7 +19,6 @@ from gateway.config import LoopConfig
 from gateway.continuations import Continuation, ContinuationStore, splice
 from gateway.deltas import ToolCall, ToolCallAssembler, calls_from_message, new_call_id
 from gateway.errors import (
-    InvalidRequest,
     UpstreamError,
     UpstreamStreamError,
     UpstreamTimeout,
@@ -43,6 +42,7 @@ from gateway.metrics import Labels
 from gateway.policy import OPEN_POLICY, KeyPolicy
 from gateway.protocol import ChatRequest, add_usage, chunk_usage, first_choice, forced_function
 from gateway.routing import Route
+from gateway.tool_offer import DEFAULT_OPTIONS, LoopOptions, offered_tools, with_results_after_calls
 from gateway.tools.base import ToolContext
 from gateway.tools.executor import ToolExecutor, ToolOutcome
 from gateway.tools.registry import ToolRegistry
@@ -60,6 +60,8 @@ class _Round:
     body: dict[str, Any] | None = None
     model: Any = None  # the upstream's, as it answered
     usage: Any = None
+    text: str | None = None  # a round not streamed: its answer text and reasoning, for renderers of their own
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class ToolLoop:
         headers: UpstreamHeaders,
         policy: KeyPolicy = OPEN_POLICY,
         trace: RequestTrace | None = None,
+        options: LoopOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.services = services
         self.trace = trace
@@ -106,8 +109,11 @@ class ToolLoop:
         self.headers = headers
         self.stream = bool(request.stream)
         self.stats = LoopStats(upstream=route.primary.name)
+        self.options = options
         self.client_tools = {t.function.name for t in request.tools or [] if t.function is not None}
-        self.server_tools = self._offered_tools()
+        self.server_tools: dict[str, dict[str, Any]] = {}
+        if route.primary.config.server_tools and request.tool_choice != "none":
+            self.server_tools = offered_tools(services.registry, policy, options, body, self.client_tools)
         self._slots = services.executor.request_slots()
 
     @property
@@ -116,31 +122,6 @@ class ToolLoop:
         answer's deltas (server tools are offered): the loop decides on them, and
         ``Completion`` then states the client's calls and the finish reason."""
         return bool(self.server_tools)
-
-    def _offered_tools(self) -> dict[str, dict[str, Any]]:
-        if not self.route.primary.config.server_tools or self.request.tool_choice == "none":
-            return {}
-        allowed = self.policy.allows_tool
-        offered = {
-            d["function"]["name"]: d for d in self.services.registry.definitions() if allowed(d["function"]["name"])
-        }
-        clash = sorted(self.client_tools & offered.keys())
-        if clash:
-            raise InvalidRequest(
-                f"Client tool name(s) {', '.join(clash)} clash with the gateway's server tools; rename them.",
-                param="tools",
-                code="tool_name_conflict",
-            )
-        choices = self.body.get("n")
-        if offered and isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
-            # Each choice would need its own tool loop; merging them would run garbage.
-            raise InvalidRequest(
-                "'n' greater than 1 is not supported when the gateway's server tools are offered; "
-                "send n=1, or tool_choice 'none' to go without server tools.",
-                param="n",
-                code="unsupported_value",
-            )
-        return offered
 
     async def run(self) -> AsyncIterator[Event]:
         body = self.body
@@ -158,7 +139,20 @@ class ToolLoop:
 
         config = self.services.config
         max_rounds = self.policy.max_rounds(config.max_rounds)
-        calls_left = config.max_tool_calls
+        calls_left = min(config.max_tool_calls, self.options.max_tool_calls or config.max_tool_calls)
+        approved = list(self.options.approved[:calls_left])
+        if approved:
+            # Calls the client approved after an earlier answer stopped for them: run, then go on.
+            calls_left -= len(approved)
+            results: list[dict[str, Any]] = []
+            async for progress in self._run_tools(approved):
+                yield progress
+                if isinstance(progress, ServerToolFinished):
+                    results.append(progress.outcome.message())
+            body["messages"] = with_results_after_calls(body["messages"], results)
+        # Calls are assembled whenever the loop decides on them or the client protocol states them itself.
+        assemble = intercept or self.options.assemble_calls
+        needs_approval = self.options.needs_approval
         while True:
             final = self.stats.rounds >= max_rounds or calls_left <= 0
             if final and intercept:
@@ -167,9 +161,9 @@ class ToolLoop:
             span = None if self.trace is None else self._upstream_span()
             headers = self.headers if span is None else span.headers(self.headers)
             rounds = (
-                self._stream_round(body, intercept, headers)
+                self._stream_round(body, assemble, headers)
                 if self.stream
-                else self._complete_round(body, intercept, headers)
+                else self._complete_round(body, assemble, headers)
             )
             result: _Round | None = None
             try:
@@ -185,15 +179,24 @@ class ToolLoop:
             assert result is not None
             if span is not None:
                 span.finish(result.model, result.usage, result.finish_reason)
-            yield RoundFinished(result.finish_reason, result.usage, result.model)
+            yield RoundFinished(result.finish_reason, result.usage, result.model, result.text, result.reasoning)
+            if not intercept:
+                # No server tools offered: every call is the client's, as the upstream sent it.
+                for final_event in self._finish(result, result.calls, withheld=False):
+                    yield final_event
+                return
             client_calls = [c for c in result.calls if c.name in self.client_tools]
             server_calls = [c for c in result.calls if c.name not in self.client_tools]
             # A round cut off by the token limit may hold a call cut mid-arguments: never run it.
             truncated = result.finish_reason == "length"
-            if not intercept or not server_calls or final or truncated:
-                for final_event in self._finish(result, client_calls if intercept else None):
+            if not server_calls or final or truncated:
+                for final_event in self._finish(result, client_calls, withheld=True):
                     yield final_event
                 return
+            gated: list[ToolCall] = []
+            if needs_approval is not None:
+                gated = [c.with_id(new_call_id()) for c in server_calls if needs_approval(c.name)]
+                server_calls = [c for c in server_calls if not needs_approval(c.name)]
 
             runnable, refused = server_calls[:calls_left], server_calls[calls_left:]
             calls_left -= len(runnable)
@@ -211,6 +214,11 @@ class ToolLoop:
                 for c in refused
             ]
             self.stats.rounds += 1
+            if gated:
+                # The answer ends here; the client's approval brings these calls back (``LoopOptions.approved``).
+                for final_event in self._finish(result, client_calls, withheld=True, approvals=gated):
+                    yield final_event
+                return
             if client_calls:
                 # The client sees ids minted here, never the upstream's (servers reuse ``call_0``):
                 # only the caller who received them can bring this turn back.
@@ -219,7 +227,7 @@ class ToolLoop:
                 assistant = {**result.message, "tool_calls": [c.as_history_part() for c in sent]}
                 stored = tuple((c.id, c.name, c.arguments) for c in client_calls)
                 await self.services.continuations.put(scope, Continuation(assistant, results, stored))
-                for final_event in self._finish(result, client_calls):
+                for final_event in self._finish(result, client_calls, withheld=True):
                     yield final_event
                 return
             assistant = {**result.message, "tool_calls": [c.as_history_part() for c in result.calls]}
@@ -268,7 +276,7 @@ class ToolLoop:
         return remaining
 
     async def _complete_round(
-        self, body: dict[str, Any], intercept: bool, headers: UpstreamHeaders
+        self, body: dict[str, Any], assemble: bool, headers: UpstreamHeaders
     ) -> AsyncIterator[_Round]:
         body["stream"] = False
         try:
@@ -286,13 +294,24 @@ class ToolLoop:
             raise UpstreamUnavailable("upstream answered without choices", retryable=False)
         received = choice.get("message")
         message: dict[str, Any] = received if isinstance(received, dict) else {}
-        calls = calls_from_message(message) if intercept else []
+        calls = calls_from_message(message) if assemble else []
         history = {k: v for k, v in message.items() if k in ("role", "content")}
         history.setdefault("role", "assistant")
-        yield _Round(history, calls, choice.get("finish_reason"), answer, answer.get("model"), answer.get("usage"))
+        text = message.get("content")
+        reasoning = _reasoning_of(message)
+        yield _Round(
+            history,
+            calls,
+            choice.get("finish_reason"),
+            answer,
+            answer.get("model"),
+            answer.get("usage"),
+            text if isinstance(text, str) else None,
+            reasoning,
+        )
 
     async def _stream_round(
-        self, body: dict[str, Any], intercept: bool, headers: UpstreamHeaders
+        self, body: dict[str, Any], assemble: bool, headers: UpstreamHeaders
     ) -> AsyncIterator[AnswerStarted | AnswerDelta | DeltaBatch | _Round]:
         body["stream"] = True
         assembler = ToolCallAssembler()
@@ -333,7 +352,7 @@ class ToolLoop:
                     delta = choice.get("delta")
                     delta = delta if isinstance(delta, dict) else {}
                     fragments = delta.get("tool_calls")
-                    if intercept and fragments:
+                    if assemble and fragments:
                         assembler.feed(fragments)
                     text = delta.get("content")
                     if isinstance(text, str):
@@ -343,11 +362,7 @@ class ToolLoop:
                     reason = choice.get("finish_reason")
                     if reason is not None:
                         finish_reason = reason
-                    # vLLM, llama.cpp and DeepSeek name it ``reasoning_content``; OpenRouter, newer vLLM ``reasoning``.
-                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                    if not isinstance(reasoning, str):
-                        reasoning = None
-                    out.append(AnswerDelta(text, reasoning, bool(assembler), item))
+                    out.append(AnswerDelta(text, _reasoning_of(delta), bool(assembler), item))
                 # What arrived together goes out together: one write, not one per event.
                 if len(out) == 1:
                     yield out[0]
@@ -371,19 +386,33 @@ class ToolLoop:
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         yield _Round(message, assembler.calls(), finish_reason, None, model, usage)
 
-    def _finish(self, result: _Round, client_calls: list[ToolCall] | None) -> list[Event]:
-        """The answer's end: the client's calls (when the loop withheld the upstream's), summed usage."""
+    def _finish(
+        self, result: _Round, client_calls: list[ToolCall], withheld: bool, approvals: list[ToolCall] | None = None
+    ) -> list[Event]:
+        """The answer's end: the client's calls, the calls awaiting approval, summed usage.
+
+        ``withheld``: the loop held back the upstream's calls and finish reason, so it states its own."""
         finish_reason = result.finish_reason
-        if client_calls is not None and finish_reason != "length":
+        if withheld and finish_reason != "length":
             finish_reason = (
-                "tool_calls" if client_calls else ("stop" if finish_reason in (None, "tool_calls") else finish_reason)
+                "tool_calls"
+                if client_calls or approvals
+                else ("stop" if finish_reason in (None, "tool_calls") else finish_reason)
             )
         events: list[Event] = []
-        for index, call in enumerate(client_calls or ()):
+        for index, call in enumerate(client_calls):
             events.append(ClientToolCallStarted(index, call.id, call.name))
             events.append(ClientToolCallArguments(index, call.arguments))
             events.append(ClientToolCallDone(index, call))
-        withheld = client_calls is not None
         stats = self.stats
-        events.append(Completion(finish_reason, stats.usage, stats, client_calls or [], withheld, result.body))
+        events.append(
+            Completion(finish_reason, stats.usage, stats, client_calls, withheld, result.body, approvals or [])
+        )
         return events
+
+
+def _reasoning_of(message: dict[str, Any]) -> str | None:
+    """A message's or delta's reasoning text: vLLM, llama.cpp and DeepSeek name it ``reasoning_content``;
+    OpenRouter and newer vLLM ``reasoning``."""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return reasoning if isinstance(reasoning, str) else None

@@ -113,11 +113,17 @@ class ServerToolFinished:
 
 @dataclass(slots=True)
 class RoundFinished:
-    """One upstream round answered: its finish reason, its usage, the model that answered."""
+    """One upstream round answered: its finish reason, its usage, the model that answered.
+
+    A round not streamed also states its answer text and reasoning text here (a streamed
+    round sent them as ``AnswerDelta``s already).
+    """
 
     finish_reason: str | None
     usage: Any
     model: Any
+    text: str | None = None
+    reasoning: str | None = None
 
 
 @dataclass(slots=True)
@@ -141,7 +147,10 @@ class Completion:
     ``calls_withheld`` says the loop held back the upstream's tool calls and finish
     reason (it offered server tools): the renderer states ``client_calls`` and
     ``finish_reason`` itself. Otherwise both went to the client as the upstream
-    sent them. ``upstream_body`` is the last round's answer as received, when not streamed.
+    sent them, and ``client_calls`` lists them only when the client protocol asked
+    the loop to assemble them. ``upstream_body`` is the last round's answer as
+    received, when not streamed. ``approvals``: server tool calls not run, waiting
+    for the client to approve them.
     """
 
     finish_reason: str | None
@@ -150,6 +159,7 @@ class Completion:
     client_calls: list[ToolCall]
     calls_withheld: bool
     upstream_body: dict[str, Any] | None = None
+    approvals: list[ToolCall] = field(default_factory=list)
 
 
 Event = (

@@ -90,6 +90,11 @@ CONTINUATIONS = Counter(
     "Mixed-turn continuations by event (stored, resumed, expired, dropped for size).",
     ["event"],
 )
+STORED_RESPONSES = Counter(
+    "gateway_stored_responses",
+    "Stored Responses API responses by event (stored, expired, dropped for size, deleted).",
+    ["event"],
+)
 CONNECTIONS_REFUSED = Counter(
     "gateway_connections_refused",
     "Client connections closed by the gateway's own guards, by reason.",
@@ -127,9 +132,11 @@ PASSTHROUGH_DURATION = Histogram(
 # Series with a fixed label set exist from the start, so rate() and dashboards see zeros, not gaps.
 for _event in ("stored", "resumed", "expired", "dropped"):
     CONTINUATIONS.labels(_event)
+for _event in ("stored", "expired", "dropped", "deleted"):
+    STORED_RESPONSES.labels(_event)
 for _reason in ("too_many_connections", "header_timeout", "body_timeout", "malformed"):
     CONNECTIONS_REFUSED.labels(_reason)
-for _operation in ("put", "get", "rate_limit"):
+for _operation in ("put", "get", "delete", "rate_limit"):
     STATE_ERRORS.labels(_operation)
 
 

@@ -53,7 +53,7 @@ class ChatRequest(BaseModel):
         return messages
 
 
-def _load_object(raw: bytes, max_model_chars: int) -> Json:
+def load_object(raw: bytes, max_model_chars: int) -> Json:
     """The body as a JSON object, exact to the last digit, its ``model`` (if a string) within the cap."""
     try:
         body = loads_exact(raw)
@@ -76,7 +76,7 @@ def _load_object(raw: bytes, max_model_chars: int) -> Json:
 
 def parse_model_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, str]:
     """Any JSON request routed by its ``model`` (embeddings, completions...): the dict and the model."""
-    body = _load_object(raw, max_model_chars)
+    body = load_object(raw, max_model_chars)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
@@ -85,7 +85,7 @@ def parse_model_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, s
 
 def parse_chat_request(raw: bytes, max_model_chars: int = 256) -> tuple[Json, ChatRequest]:
     """Parse the body once; return the dict to forward and its validated view."""
-    body = _load_object(raw, max_model_chars)
+    body = load_object(raw, max_model_chars)
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as exc:

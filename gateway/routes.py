@@ -1,6 +1,6 @@
 """HTTP routes: each parses, calls one function, renders the result.
 
-Chat completions are served by ``gateway.app.GatewayApp`` directly, outside FastAPI.
+Chat completions and ``POST /v1/responses`` are served by ``gateway.app.GatewayApp`` directly, outside FastAPI.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from gateway import metrics
 from gateway.errors import AuthenticationFailed, ModelNotFound, json_response
+from gateway.responses import delete_response, list_input_items, retrieve_response
 from gateway.routing import not_found_message
 from gateway.state import GatewayState
 
@@ -40,6 +41,21 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
             if model["id"] == model_id:
                 return json_response(model)
     raise ModelNotFound(not_found_message(model_id), param="model")
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(request: Request, response_id: str) -> Response:
+    return await retrieve_response(_state(request).responses, request, response_id)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def remove_response(request: Request, response_id: str) -> Response:
+    return await delete_response(_state(request).responses, request, response_id)
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def get_input_items(request: Request, response_id: str) -> Response:
+    return await list_input_items(_state(request).responses, request, response_id)
 
 
 @router.get("/healthz")

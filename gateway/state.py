@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.chat import ChatService
 from gateway.config import GatewayConfig
+from gateway.responses import ResponsesService
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import Upstream
 
@@ -34,6 +35,7 @@ class GatewayState:
     upstreams: dict[str, Upstream]
     registry: ToolRegistry
     chat: ChatService
+    responses: ResponsesService
     started_at: int = field(default_factory=lambda: int(time.time()))
     tool_sources: dict[str, str] = field(default_factory=dict)
     mcp: McpSources | None = None

@@ -1,0 +1,361 @@
+"""The loop's events as a Responses API answer: one ``response`` object, or its semantic event stream.
+
+One ``ResponseRenderer`` per request builds the output items as events arrive:
+answer text becomes ``message`` items (one per round that spoke), reasoning text
+``reasoning`` items, the gateway's own tool runs ``mcp_call`` items, the client's
+calls ``function_call`` items, calls waiting for approval ``mcp_approval_request``
+items. Streamed, each change is also written as the event the OpenAI SDKs expect,
+numbered by ``sequence_number``; not streamed, the same object is returned whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from gateway.deltas import ToolCall
+from gateway.errors import GatewayError
+from gateway.loop_events import (
+    AnswerDelta,
+    ClientToolCallArguments,
+    ClientToolCallDone,
+    ClientToolCallStarted,
+    Completion,
+    DeltaBatch,
+    Event,
+    RoundFinished,
+    ServerToolFinished,
+    ServerToolStarted,
+)
+from gateway.responses_items import new_item_id
+
+ToolLabel = Callable[[str], tuple[str, str]]
+"""A server tool's function name → (server_label, the tool's own name on that server)."""
+
+# Why an answer stopped short, in the Responses API's words.
+_INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Chat completions' usage, summed over the rounds, in the Responses API's names."""
+    if usage is None:
+        return None
+
+    def count(value: Any) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    prompt = count(usage.get("prompt_tokens"))
+    completion = count(usage.get("completion_tokens"))
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    cached = count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    reasoning = count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": count(usage.get("total_tokens")) or prompt + completion,
+    }
+
+
+class ResponseRenderer:
+    """Builds one response from the loop's events; ``render`` gives the SSE bytes of each change when streamed."""
+
+    def __init__(
+        self, response: dict[str, Any], label: ToolLabel, *, stream: bool, approved: frozenset[str] = frozenset()
+    ) -> None:
+        self.response = response
+        self._approved = approved  # ids of calls run on the client's approval: their items name it
+        self.output: list[dict[str, Any]] = response["output"]
+        self._label = label
+        self._stream = stream
+        self._sequence = 0
+        self._written: list[bytes] = []
+        self._message: dict[str, Any] | None = None  # the open message item, while a round speaks
+        self._text: list[str] = []
+        self._reasoning: dict[str, Any] | None = None
+        self._reasoning_text: list[str] = []
+        self._calls: dict[str, dict[str, Any]] = {}  # open mcp_call items by call id
+        self._client_items: dict[int, dict[str, Any]] = {}
+
+    # -- the stream's frame ------------------------------------------------------------------
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if not self._stream:
+            return
+        event = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        self._written.append(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+
+    def _take(self) -> bytes | None:
+        if not self._written:
+            return None
+        written = b"".join(self._written)
+        self._written.clear()
+        return written
+
+    def start(self, listed: list[dict[str, Any]]) -> bytes | None:
+        """``response.created`` and ``in_progress``, then the tool lists imported for the request's MCP tools."""
+        self._emit("response.created", response=self.response)
+        self._emit("response.in_progress", response=self.response)
+        for item in listed:
+            index = self._add({**item, "id": new_item_id("mcp_list_tools")})
+            self._emit("response.mcp_list_tools.in_progress", item_id=self.output[index]["id"], output_index=index)
+            self._emit("response.mcp_list_tools.completed", item_id=self.output[index]["id"], output_index=index)
+            self._done(index)
+        return self._take()
+
+    def _add(self, item: dict[str, Any]) -> int:
+        self.output.append(item)
+        index = len(self.output) - 1
+        self._emit("response.output_item.added", output_index=index, item=item)
+        return index
+
+    def _done(self, index: int) -> None:
+        self._emit("response.output_item.done", output_index=index, item=self.output[index])
+
+    # -- events ------------------------------------------------------------------------------
+
+    def render(self, event: Event) -> bytes | None:
+        """Apply one loop event; the bytes to write for it, when streamed and it showed something."""
+        kind = type(event)
+        if kind is AnswerDelta:
+            self._delta(event)  # type: ignore[arg-type]
+        elif kind is DeltaBatch:
+            for delta in event.deltas:  # type: ignore[union-attr]
+                self._delta(delta)
+        elif kind is RoundFinished:
+            self._round_finished(event)  # type: ignore[arg-type]
+        elif kind is ServerToolStarted:
+            self._tool_started(event.call)  # type: ignore[union-attr]
+        elif kind is ServerToolFinished:
+            self._tool_finished(event)  # type: ignore[arg-type]
+        elif kind is ClientToolCallStarted:
+            self._client_call_started(event)  # type: ignore[arg-type]
+        elif kind is ClientToolCallArguments:
+            self._client_call_arguments(event)  # type: ignore[arg-type]
+        elif kind is ClientToolCallDone:
+            self._client_call_done(event)  # type: ignore[arg-type]
+        return self._take()
+
+    def _delta(self, delta: AnswerDelta) -> None:
+        if delta.reasoning:
+            self._reasoning_delta(delta.reasoning)
+        text = delta.text
+        # Whitespace between parallel calls (vLLM hermes) is not an answer.
+        if text and not (delta.after_tool_call and not text.strip()):
+            self._text_delta(text)
+
+    def _text_delta(self, text: str) -> None:
+        if self._message is None:
+            self._close_reasoning()
+            self._message = {
+                "id": new_item_id("message"),
+                "type": "message",
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [],
+            }
+            index = self._add(self._message)
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            self._emit(
+                "response.content_part.added",
+                item_id=self._message["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
+        self._text.append(text)
+        self._emit(
+            "response.output_text.delta",
+            item_id=self._message["id"],
+            output_index=self._index_of(self._message),
+            content_index=0,
+            delta=text,
+            logprobs=[],
+        )
+
+    def _reasoning_delta(self, text: str) -> None:
+        if self._reasoning is None:
+            self._close_message()
+            self._reasoning = {"id": new_item_id("reasoning"), "type": "reasoning", "summary": [], "content": []}
+            index = self._add(self._reasoning)
+            part = {"type": "reasoning_text", "text": ""}
+            self._emit(
+                "response.content_part.added",
+                item_id=self._reasoning["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            )
+        self._reasoning_text.append(text)
+        self._emit(
+            "response.reasoning_text.delta",
+            item_id=self._reasoning["id"],
+            output_index=self._index_of(self._reasoning),
+            content_index=0,
+            delta=text,
+        )
+
+    def _index_of(self, item: dict[str, Any]) -> int:
+        # Open items are the newest or next to it: search from the end.
+        for index in range(len(self.output) - 1, -1, -1):
+            if self.output[index] is item:
+                return index
+        raise ValueError("item not in the output")
+
+    def _close_message(self, status: str = "completed") -> None:
+        message = self._message
+        if message is None:
+            return
+        self._message = None
+        index = self._index_of(message)
+        text = "".join(self._text)
+        self._text = []
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        message["content"] = [part]
+        message["status"] = status
+        item_id = message["id"]
+        self._emit(
+            "response.output_text.done", item_id=item_id, output_index=index, content_index=0, text=text, logprobs=[]
+        )
+        self._emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
+        self._done(index)
+
+    def _close_reasoning(self) -> None:
+        reasoning = self._reasoning
+        if reasoning is None:
+            return
+        self._reasoning = None
+        index = self._index_of(reasoning)
+        text = "".join(self._reasoning_text)
+        self._reasoning_text = []
+        part = {"type": "reasoning_text", "text": text}
+        reasoning["content"] = [part]
+        item_id = reasoning["id"]
+        self._emit("response.reasoning_text.done", item_id=item_id, output_index=index, content_index=0, text=text)
+        self._emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
+        self._done(index)
+
+    def _round_finished(self, event: RoundFinished) -> None:
+        # A round not streamed states its text only now; a streamed one sent it already.
+        if event.reasoning:
+            self._reasoning_delta(event.reasoning)
+        if event.text:
+            self._text_delta(event.text)
+        self._close_reasoning()
+        self._close_message("incomplete" if event.finish_reason in _INCOMPLETE_REASONS else "completed")
+
+    def _tool_started(self, call: ToolCall) -> None:
+        server_label, name = self._label(call.name)
+        item = {
+            "id": new_item_id("mcp_call"),
+            "type": "mcp_call",
+            "server_label": server_label,
+            "name": name,
+            "arguments": "",
+            "status": "in_progress",
+        }
+        if call.id in self._approved:
+            item["approval_request_id"] = call.id
+        self._calls[call.id] = item
+        index = self._add(item)
+        item_id = item["id"]
+        self._emit("response.mcp_call.in_progress", item_id=item_id, output_index=index)
+        self._emit("response.mcp_call_arguments.delta", item_id=item_id, output_index=index, delta=call.arguments)
+        item["arguments"] = call.arguments
+        self._emit("response.mcp_call_arguments.done", item_id=item_id, output_index=index, arguments=call.arguments)
+
+    def _tool_finished(self, event: ServerToolFinished) -> None:
+        item = self._calls.pop(event.call_id, None)
+        if item is None:
+            return
+        outcome = event.outcome
+        index = self._index_of(item)
+        if outcome.error is None:
+            item.update(status="completed", output=outcome.content, error=None)
+            self._emit("response.mcp_call.completed", item_id=item["id"], output_index=index)
+        else:
+            # The tool's error text, as MCP states a failed call's result: text content blocks.
+            error = {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": outcome.content}]}
+            item.update(status="failed", output=None, error=error)
+            self._emit("response.mcp_call.failed", item_id=item["id"], output_index=index)
+        self._done(index)
+
+    def _client_call_started(self, event: ClientToolCallStarted) -> None:
+        item = {
+            "id": new_item_id("function_call"),
+            "type": "function_call",
+            "call_id": event.call_id,
+            "name": event.name,
+            "arguments": "",
+            "status": "in_progress",
+        }
+        self._client_items[event.index] = item
+        self._add(item)
+
+    def _client_call_arguments(self, event: ClientToolCallArguments) -> None:
+        item = self._client_items[event.index]
+        item["arguments"] += event.delta
+        self._emit(
+            "response.function_call_arguments.delta",
+            item_id=item["id"],
+            output_index=self._index_of(item),
+            delta=event.delta,
+        )
+
+    def _client_call_done(self, event: ClientToolCallDone) -> None:
+        item = self._client_items.pop(event.index)
+        item["status"] = "completed"
+        index = self._index_of(item)
+        self._emit(
+            "response.function_call_arguments.done", item_id=item["id"], output_index=index, arguments=item["arguments"]
+        )
+        self._done(index)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def finish(self, completion: Completion) -> bytes | None:
+        """Calls waiting for approval, the status and the summed usage; ``response.completed`` or ``incomplete``."""
+        self._close_reasoning()
+        self._close_message()
+        for call in completion.approvals:
+            server_label, name = self._label(call.name)
+            # The item's id is the call's: the approval that names it brings that call back.
+            item = {
+                "id": call.id,
+                "type": "mcp_approval_request",
+                "server_label": server_label,
+                "name": name,
+                "arguments": call.arguments,
+            }
+            self._done(self._add(item))
+        response = self.response
+        response["usage"] = responses_usage(completion.usage)
+        reason = _INCOMPLETE_REASONS.get(completion.finish_reason or "")
+        if reason is not None:
+            response["status"] = "incomplete"
+            response["incomplete_details"] = {"reason": reason}
+        else:
+            response["status"] = "completed"
+        response["completed_at"] = int(time.time())
+        self._emit(f"response.{response['status']}", response=response)
+        return self._take()
+
+    def fail(self, exc: GatewayError | None) -> bytes | None:
+        """The answer failed after it began: ``response.failed`` with the error."""
+        self._close_reasoning()
+        self._close_message("incomplete")
+        if exc is None:
+            error = {"code": "server_error", "message": "The gateway failed while streaming the answer."}
+        else:
+            code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+            error = {"code": code, "message": exc.message}
+        self.response["status"] = "failed"
+        self.response["error"] = error
+        self._emit("response.failed", response=self.response)
+        return self._take()
