@@ -101,3 +101,32 @@ def mixed(expression: str, order_id: str) -> list[dict[str, Any]]:
         ),
         {"role": "user", "content": f"What is {expression}, and where is order {order_id}?"},
     ]
+
+
+def as_response_items(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A chat history as Responses API input items: calls and results become ``function_call`` items and outputs."""
+    items: list[dict[str, Any]] = []
+    for message in messages:
+        if message["role"] == "tool":
+            items.append(
+                {"type": "function_call_output", "call_id": message["tool_call_id"], "output": message["content"]}
+            )
+        elif message.get("tool_calls"):
+            for call in message["tool_calls"]:
+                function = call["function"]
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": call["id"],
+                        "name": function["name"],
+                        "arguments": function["arguments"],
+                    }
+                )
+        else:
+            items.append({"type": "message", "role": message["role"], "content": message["content"]})
+    return items
+
+
+def flat_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A chat-completions function tool in the Responses API's flat shape."""
+    return {"type": "function", **tool["function"]}
