@@ -15,9 +15,10 @@ ENDED = {"completed", "incomplete"}
 
 
 def test_server_tool_calls_come_back_as_mcp_call_items(client: openai.OpenAI, model: str) -> None:
+    items: Any = conversations.as_response_items(conversations.calculation("1234 + 4321"))
     response = client.responses.create(
         model=model,
-        input=conversations.as_response_items(conversations.calculation("1234 + 4321")),  # type: ignore[arg-type]
+        input=items,
         tool_choice="required",
         max_output_tokens=64,
     )
@@ -55,9 +56,10 @@ def test_stream_is_one_ordered_event_sequence(client: openai.OpenAI, model: str)
 
 def test_client_call_and_its_output_continue_the_conversation(client: openai.OpenAI, model: str) -> None:
     tool: Any = conversations.flat_tool(conversations.LOOKUP_ORDER)
+    items: Any = conversations.as_response_items(conversations.order("B5"))
     first = client.responses.create(
         model=model,
-        input=conversations.as_response_items(conversations.order("B5")),  # type: ignore[arg-type]
+        input=items,
         tools=[tool],
         tool_choice={"type": "function", "name": "lookup_order"},
         max_output_tokens=64,
