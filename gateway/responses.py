@@ -132,30 +132,37 @@ def _loop_options(service: ResponsesService, parsed: ResponsesRequest, approved:
 
 
 def _resolve_approvals(
-    service: ResponsesService, items: list[dict[str, Any]], approvals: dict[str, bool]
+    service: ResponsesService, stored: list[dict[str, Any]], items: list[dict[str, Any]], approvals: dict[str, bool]
 ) -> tuple[list[dict[str, Any]], tuple[ToolCall, ...]]:
     """The conversation's items with each answered approval applied, and the approved calls to run.
 
     A request answered in an earlier turn is dropped: the ``mcp_call`` item naming it
     holds the call and its result. A declined one becomes a failed ``mcp_call``, so the
     model reads that it was declined; an approved one stays as the call the loop runs.
+    Only a request the gateway made can be approved: one in the stored conversation
+    (``previous_response_id``), never one the client wrote into its input, which would
+    let a client run a server tool with arguments of its own choosing.
     """
     answered = {i.get("approval_request_id") for i in items if i.get("type") == "mcp_call"}
-    pending = {i["id"]: i for i in items if i.get("type") == "mcp_approval_request" and i["id"] not in answered}
-    unknown = sorted(set(approvals) - pending.keys())
+    pending = {i["id"] for i in stored if i.get("type") == "mcp_approval_request" and i["id"] not in answered}
+    unknown = sorted(set(approvals) - pending)
     if unknown:
         raise InvalidRequest(
-            f"No pending approval request with id '{unknown[0]}' in this conversation.",
+            f"No pending approval request with id '{unknown[0]}' in the conversation of previous_response_id.",
             param="input",
             code="invalid_value",
         )
     out: list[dict[str, Any]] = []
     approved: list[ToolCall] = []
+    handled: set[str] = set()
     for item in items:
         kind = item.get("type")
         if kind == "mcp_approval_request" and item["id"] in answered:
             continue
         if kind == "mcp_approval_request" and item["id"] in approvals:
+            if item["id"] in handled:
+                continue  # repeated in the client's input: the stored request, which comes first, counts
+            handled.add(item["id"])
             function = service.resolve(item["server_label"], item["name"]) or item["name"]
             if approvals[item["id"]]:
                 approved.append(ToolCall(item["id"], function, item["arguments"]))
@@ -176,10 +183,10 @@ def _resolve_approvals(
 
 
 def _listed_tools(
-    service: ResponsesService, parsed: ResponsesRequest, earlier: list[dict[str, Any]]
+    service: ResponsesService, parsed: ResponsesRequest, conversation: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """``mcp_list_tools`` for each requested MCP server not listed earlier in the conversation."""
-    seen = {i.get("server_label") for i in earlier if i.get("type") == "mcp_list_tools"}
+    """``mcp_list_tools`` for each requested MCP server not listed in the conversation so far."""
+    seen = {i.get("server_label") for i in conversation if i.get("type") == "mcp_list_tools"}
     listed = []
     for request in parsed.mcp_tools:
         if request.server_label in seen:
@@ -254,7 +261,7 @@ async def serve_responses(service: ResponsesService, request: Request) -> Respon
             if previous is None:
                 raise _not_found(parsed.previous_response_id, "previous_response_id")
             earlier = previous.conversation
-        conversation, approved = _resolve_approvals(service, [*earlier, *parsed.input_items], parsed.approvals)
+        conversation, approved = _resolve_approvals(service, earlier, [*earlier, *parsed.input_items], parsed.approvals)
         # The whole conversation, earlier turns first, after this request's own instructions (never an earlier one's).
         lead = [{"role": "system", "content": parsed.instructions}] if parsed.instructions else []
         parsed.chat_body["messages"] = [*lead, *items_to_messages(conversation, service.resolve)]
@@ -275,7 +282,8 @@ async def serve_responses(service: ResponsesService, request: Request) -> Respon
         renderer = ResponseRenderer(
             _skeleton(parsed), service.label, stream=parsed.stream, approved=frozenset(c.id for c in approved)
         )
-        started = renderer.start(_listed_tools(service, parsed, earlier))
+        # A list the client sends back in its input (it keeps the history itself) counts as listed too.
+        started = renderer.start(_listed_tools(service, parsed, conversation))
         events = loop.run()
         end = _End(service, scope, parsed, conversation, renderer, events, record, stats, labels)
         if not parsed.stream:

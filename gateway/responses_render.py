@@ -55,7 +55,8 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     reasoning = count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
+        # Both details are required by the SDKs' types; chat servers report no cache writes.
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": count(usage.get("total_tokens")) or prompt + completion,
