@@ -142,13 +142,25 @@ async def admit(
     return route, ToolContext(request_id, key_name, time.monotonic() + service.services.config.deadline_s), headers
 
 
-def record_failure(record: RequestRecord, stats: LoopStats | None, labels: metrics.Labels, exc: GatewayError) -> None:
-    """A request failed with an error the client sees: its headers completed, its record closed."""
-    exc.headers = {**record.admission.headers, **exc.headers}
-    if stats is not None and stats.tools_called:
-        # A server tool has run: a client retry would run it again (the SDKs honour this header).
-        exc.headers["x-should-retry"] = "false"
-    record.close(exc.status, stats, labels, exc.message)
+def settle_failure(
+    record: RequestRecord, stats: LoopStats | None, labels: metrics.Labels, exc: BaseException
+) -> Response:
+    """A request that failed before its answer began: its record closed, the exception raised again,
+    except for a client gone (499, nginx's convention), whose empty response is returned."""
+    if isinstance(exc, GatewayError):
+        exc.headers = {**record.admission.headers, **exc.headers}
+        if stats is not None and stats.tools_called:
+            # A server tool has run: a client retry would run it again (the SDKs honour this header).
+            exc.headers["x-should-retry"] = "false"
+        record.close(exc.status, stats, labels, exc.message)
+        raise exc
+    if isinstance(exc, ClientGone | asyncio.CancelledError):
+        record.close(CLIENT_CLOSED, stats, labels, "client disconnected")
+        if isinstance(exc, asyncio.CancelledError):
+            raise exc
+        return Response(status_code=CLIENT_CLOSED)
+    record.close(500, stats, labels, f"{type(exc).__name__}: {exc}")
+    raise exc
 
 
 async def serve_chat(service: ChatService, request: Request) -> Response | EventStreamResponse:
@@ -189,18 +201,8 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
         # Render up to the first event before answering: an upstream that fails before its
         # first byte is then an ordinary HTTP error, not an error inside a 200 stream.
         first = await unless_client_leaves(request, _first(events, renderer))
-    except GatewayError as exc:
-        record_failure(record, stats, labels, exc)
-        raise
-    except (ClientGone, asyncio.CancelledError) as exc:
-        # 499: the client went away (nginx's convention).
-        record.close(CLIENT_CLOSED, stats, labels, "client disconnected")
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return Response(status_code=CLIENT_CLOSED)
     except BaseException as exc:
-        record.close(500, stats, labels, f"{type(exc).__name__}: {exc}")
-        raise
+        return settle_failure(record, stats, labels, exc)
     assert stats is not None
     end = _StreamEnd(events, record, stats, labels)
     return EventStreamResponse(

@@ -25,14 +25,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import jsoncodec, metrics
-from gateway.chat import CLIENT_CLOSED, ChatService, ClientGone, read_body, request_id_from, unless_client_leaves
-from gateway.errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamTimeout, UpstreamUnavailable, error_body
+from gateway.chat import (
+    CLIENT_CLOSED,
+    ChatService,
+    ClientGone,
+    admit,
+    read_body,
+    request_id_from,
+    unless_client_leaves,
+)
+from gateway.errors import GatewayError, InvalidRequest, UpstreamTimeout, UpstreamUnavailable, error_body
 from gateway.event_stream import EventStreamResponse
 from gateway.protocol import parse_model_request
 from gateway.request_record import RequestRecord, write_log
-from gateway.routing import Target, not_found_message
+from gateway.routing import Target
 from gateway.sse import DONE, MAX_LINE_BYTES, encode_data
-from gateway.upstream import Upstream, UpstreamHeaders, forwardable_headers
+from gateway.upstream import Upstream, UpstreamHeaders
 
 log = logging.getLogger("gateway.request")
 
@@ -154,13 +162,7 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
             # A server may stream on a truthy value the gateway would read whole: say so instead.
             raise InvalidRequest("'stream' must be a boolean.", param="stream")
         record.stream = stream is True
-        if not policy.allows_model(model):
-            # Exactly what an unknown model gets, as on chat.
-            raise ModelNotFound(not_found_message(model), param="model")
-        route = chat.router.route(model)
-        record.admission = await chat.limiter.admit(policy)
-        headers = forwardable_headers(request.headers.raw)
-        headers["x-request-id"] = request_id
+        route, context, headers = await admit(chat, request, record, policy, model, request_id)
         if record.trace is not None:
             # One upstream span for the exchange, retries and fallbacks included; it ends with the request.
             target = route.targets[0]
@@ -173,7 +175,7 @@ async def serve_passthrough(service: PassthroughService, request: Request) -> Re
             and (options is None or (isinstance(options, dict) and options.get("include_usage") is not True))
         )
         exchange = _Exchange(record.path, raw, body, model, headers, forces_usage)
-        deadline = time.monotonic() + chat.services.config.deadline_s
+        deadline = context.deadline
         if record.stream:
             opening = _within(deadline, route.first_answer(exchange.opener(stack)))
             target, opened = await unless_client_leaves(request, opening)

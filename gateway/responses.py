@@ -9,7 +9,6 @@ key: another key's id is answered 404, as an unknown one.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,11 +20,10 @@ from starlette.responses import Response
 from gateway.chat import (
     CLIENT_CLOSED,
     ChatService,
-    ClientGone,
     admit,
     read_body,
-    record_failure,
     request_id_from,
+    settle_failure,
     unless_client_leaves,
 )
 from gateway.deltas import ToolCall
@@ -293,17 +291,8 @@ async def serve_responses(service: ResponsesService, request: Request) -> Respon
         # Render up to the first event before answering: an upstream that fails before its
         # first byte is then an ordinary HTTP error, not a failed response inside a 200 stream.
         first = await unless_client_leaves(request, _first(events, renderer))
-    except GatewayError as exc:
-        record_failure(record, stats, labels, exc)
-        raise
-    except (ClientGone, asyncio.CancelledError) as exc:
-        record.close(CLIENT_CLOSED, stats, labels, "client disconnected")
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return Response(status_code=CLIENT_CLOSED)
     except BaseException as exc:
-        record.close(500, stats, labels, f"{type(exc).__name__}: {exc}")
-        raise
+        return settle_failure(record, stats, labels, exc)
     return EventStreamResponse(
         _sse([started or b"", *first], events, renderer, end),
         headers={"x-request-id": request_id, **record.admission.headers},
