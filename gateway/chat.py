@@ -20,6 +20,7 @@ from starlette.responses import Response
 from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.chat_render import ChatStreamRenderer, completion_body
+from gateway.connections import CLIENT_LEFT_KEY, ClientLeft
 from gateway.errors import (
     BodyTooLarge,
     GatewayError,
@@ -97,6 +98,28 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     Cancelling reaches everything the work started: the upstream call, running
     tools (a sync tool's thread finishes, its result is dropped) and later rounds.
     """
+    left = request.scope.get(CLIENT_LEFT_KEY)
+    if not isinstance(left, ClientLeft):
+        return await _watching_disconnect(request, work)  # served by a server other than the gateway's own
+    if left.gone:
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise ClientGone("client disconnected")
+    waiting = asyncio.current_task()
+    left.waiting = waiting
+    try:
+        return await work
+    except asyncio.CancelledError:
+        # Ours only when the client left and nothing else cancelled the request as well (a server stopping).
+        if not left.gone or waiting is None or waiting.uncancel() > 0:
+            raise
+        raise ClientGone("client disconnected") from None
+    finally:
+        left.waiting = None
+
+
+async def _watching_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """``unless_client_leaves`` by a task that waits for the disconnect message."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(until_disconnected(request.receive))
     try:

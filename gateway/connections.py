@@ -12,6 +12,10 @@ protocol with guards) closes such connections:
 
 Each refusal is counted in ``gateway_connections_refused_total`` and logged, at
 most once a second per reason. (Slow bodies are bounded in ``chat.read_body``.)
+
+The protocol also tells a request the moment its client leaves (``ClientLeft``):
+cancelling the waiting request directly costs nothing per request, where a task
+watching ``receive()`` for the disconnect costs a task and its wake-ups on each one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,23 @@ log = logging.getLogger("gateway.connections")
 
 # The lifespan state key under which the app hands its state to the protocol (see ``shutdown``).
 DRAIN_STATE_KEY = "gateway_state"
+# The scope key of each request's ``ClientLeft``, set by ``GuardedHttpProtocol``.
+CLIENT_LEFT_KEY = "gateway.client_left"
+
+
+class ClientLeft:
+    """Fired by the connection when its client goes away: cancels the task waiting on the client's behalf."""
+
+    __slots__ = ("gone", "waiting")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.waiting: asyncio.Task[Any] | None = None
+
+    def fire(self) -> None:
+        self.gone = True
+        if self.waiting is not None:
+            self.waiting.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +134,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
         super().connection_lost(exc)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            left = cycle.scope.get(CLIENT_LEFT_KEY)
+            if isinstance(left, ClientLeft):
+                left.fire()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -153,6 +179,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._cancel_header_deadline()
+        self.scope[CLIENT_LEFT_KEY] = ClientLeft()  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def shutdown(self) -> None:

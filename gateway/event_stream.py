@@ -10,8 +10,10 @@ watchdog task per stream, woken once per keep-alive interval:
   ``send_timeout_s``: a client that stops reading must not hold the upstream
   request, its buffers and its tools forever.
 
-A second task waits for the client's disconnect and cancels the stream, which
-closes the events' generator (the upstream request and running tools with it).
+When the client disconnects, the stream is cancelled, which closes the events'
+generator (the upstream request and running tools with it): by the connection
+itself on the gateway's own server (``connections.ClientLeft``), else by a second
+task waiting for the disconnect message.
 When the server stops, a stream runs on to its end within ``server.shutdown_grace_s``;
 one still running then is ended with an error event and ``[DONE]``.
 """
@@ -25,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.connections import CLIENT_LEFT_KEY, ClientLeft
 from gateway.errors import error_body
 from gateway.sse import DONE, encode_data
 
@@ -68,10 +71,16 @@ class EventStreamResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming = asyncio.current_task()
         assert streaming is not None
-        watchers = [
-            asyncio.ensure_future(self._until_disconnect(receive, streaming)),
-            asyncio.ensure_future(self._watchdog(send, streaming)),
-        ]
+        watchers = [asyncio.ensure_future(self._watchdog(send, streaming))]
+        # The gateway's own connections cancel the stream when the client leaves; elsewhere a task waits for it.
+        left = scope.get(CLIENT_LEFT_KEY)
+        if isinstance(left, ClientLeft):
+            left.waiting = streaming
+            if left.gone:
+                streaming.cancel()
+        else:
+            left = None
+            watchers.append(asyncio.ensure_future(self._until_disconnect(receive, streaming)))
         try:
             await self._send(send, {"type": "http.response.start", "status": 200, "headers": self.headers})
             async for chunk in self.body:
@@ -81,10 +90,14 @@ class EventStreamResponse:
             if SHUTDOWN_CANCEL in str(exc):
                 # The server's shutdown grace ran out: end the stream as an error, not a silent cut.
                 await self._end_with_error(send)
+            elif left is not None and left.gone and streaming.uncancel() == 0:
+                pass  # the client left: the request is over, not the server
             elif not any(w.done() and not w.cancelled() for w in watchers):
                 raise
             # Otherwise a watcher cancelled it (client gone, or not reading): the request is over, not the server.
         finally:
+            if left is not None:
+                left.waiting = None
             for watcher in watchers:
                 watcher.cancel()
             with contextlib.suppress(BaseException):
