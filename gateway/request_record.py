@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway import metrics
+from gateway.logs import write_json_line
 from gateway.loop_events import LoopStats
 from gateway.policy import ANONYMOUS, UNLIMITED, Admission
 
@@ -90,6 +91,6 @@ class RequestRecord:
 
 def write_log(fields: dict[str, Any]) -> None:
     """One request's log line."""
-    if log.isEnabledFor(logging.INFO):
+    if log.isEnabledFor(logging.INFO) and not write_json_line(log, "request", fields):
         # makeRecord + handle is what log.info does, less finding the caller's frame on every request.
         log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None, extra=fields))
