@@ -172,7 +172,8 @@ def _resolve_approvals(
                     "name": item["name"],
                     "arguments": item["arguments"],
                     "output": None,
-                    "error": DECLINED,
+                    # An MCP execution error, as a failed call's item states it: the model reads DECLINED.
+                    "error": {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": DECLINED}]},
                     "status": "failed",
                     "approval_request_id": item["id"],
                 }

@@ -330,7 +330,7 @@ class _MessageBuilder:
         answered = optional_str(item, "approval_request_id", where)
         output = optional_str(item, "output", where)
         error = item.get("error")
-        content = (output or "") if error is None else jsoncodec.dumps({"error": error}).decode()
+        content = (output or "") if error is None else _error_text(error)
         if answered is not None and answered in self._awaiting_approval:
             # The approved call ran: its result answers the approval request's call.
             self._awaiting_approval.discard(answered)
@@ -347,6 +347,20 @@ class _MessageBuilder:
         # No tool message: the client's approval response leads to the result.
         self._add_call(item_id, self.resolve_tool(label, name) or name, arguments)
         self._awaiting_approval.add(item_id)
+
+
+def _error_text(error: Any) -> str:
+    """A failed call's tool message as the model read it when the call ran: the text of an MCP execution
+    error (the gateway's failed ``mcp_call`` items wrap that message so), any other error as JSON."""
+    if isinstance(error, dict) and error.get("type") == "mcp_tool_execution_error":
+        blocks = error.get("content")
+        if isinstance(blocks, list) and blocks and all(_is_text_block(b) for b in blocks):
+            return "\n".join(b["text"] for b in blocks)
+    return jsoncodec.dumps({"error": error}).decode()
+
+
+def _is_text_block(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
 
 
 def _chat_parts(content: list[Any], where: str) -> list[Json]:
