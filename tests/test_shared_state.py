@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -231,3 +232,22 @@ def test_spliced_history_is_the_same_whatever_the_backend(
                 item["tool_call_id"] = "x"
         sent.append(history)
     assert sent[0] == sent[1]
+
+
+def test_a_response_stored_on_one_replica_continues_on_another(
+    upstream: FakeUpstream, make_gateway: GatewayFactory, redis_server: RedisServer
+) -> None:
+    replica_a, replica_b = make_gateway(_shared(redis_server)), make_gateway(_shared(redis_server))
+    upstream.enqueue(completion("It is sunny."), completion("Still sunny."))
+    alice_a, alice_b = replica_a.client("sk-alice-0001"), replica_b.client("sk-alice-0001")
+    first = alice_a.responses.create(model=MODEL, input="Weather?")
+    assert alice_b.responses.retrieve(first.id).output_text == "It is sunny."
+    follow = alice_b.responses.create(model=MODEL, input="And now?", previous_response_id=first.id)
+    assert follow.output_text == "Still sunny."
+    assert [m["content"] for m in upstream.bodies[-1]["messages"]] == ["Weather?", "It is sunny.", "And now?"]
+    bob_b = replica_b.client("sk-bob-00002")
+    with pytest.raises(openai.NotFoundError):
+        bob_b.responses.retrieve(first.id)
+    alice_b.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        alice_a.responses.retrieve(first.id)
