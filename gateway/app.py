@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
+from gateway.anthropic_upstream import upstream_for
 from gateway.auth import Authenticator
 from gateway.chat import ChatService, serve_chat
 from gateway.config import GatewayConfig
@@ -38,7 +39,7 @@ from gateway.routing import Router
 from gateway.state import GatewayState
 from gateway.tools.executor import ToolExecutor
 from gateway.tools.registry import ToolRegistry
-from gateway.upstream import Upstream, close_all
+from gateway.upstream import close_all
 
 if TYPE_CHECKING:
     from gateway.tools.mcp import McpSources
@@ -53,7 +54,7 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
     """Everything that does not need a running event loop; raises ToolLoadError on a broken tool."""
     registry = ToolRegistry.from_config(config.tools, base_dir=base_dir, max_threads=config.loop.max_global_calls)
     redactor = Redactor.from_config(config)
-    upstreams = {u.name: Upstream(u, redactor=redactor) for u in config.upstreams}
+    upstreams = {u.name: upstream_for(u, redactor) for u in config.upstreams}
     models = [m for u in config.upstreams for m in (*u.models, *u.model_map)]
     labels = Labels(models, registry.names())
     loop = config.loop

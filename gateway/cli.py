@@ -15,7 +15,15 @@ from typing import Any
 import orjson
 import yaml
 
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, exposure_problem, load_config, masked
+from gateway.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    GatewayConfig,
+    exposure_problem,
+    is_pattern,
+    load_config,
+    masked,
+)
 from gateway.policy import KeyPolicy
 from gateway.tools.registry import ToolLoadError, ToolRegistry
 
@@ -109,8 +117,9 @@ def policy_problems(config: GatewayConfig, tool_names: list[str]) -> list[str]:
     against literal names when no upstream takes every model. MCP tools are known
     only once connected, so a pattern under an MCP server's prefix counts as matching.
     """
-    wildcard = any("*" in u.models for u in config.upstreams)
-    models = [m for u in config.upstreams for m in (*u.models, *u.model_map) if m != "*"]
+    # A key pattern may match what an upstream's own pattern admits (its listed models): not checked here.
+    wildcard = any(u.patterns for u in config.upstreams)
+    models = [m for u in config.upstreams for m in (*u.models, *u.model_map) if not is_pattern(m)]
     prefixes = [s.tool_prefix for s in config.tools.mcp_servers]
     problems = []
     for key in config.auth.api_keys:

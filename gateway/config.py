@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import urllib.parse
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,13 +198,21 @@ class FallbackConfig(_Strict):
     model: str | None = None
 
 
+def is_pattern(name: str) -> bool:
+    """A model entry that is a glob pattern, not a model name."""
+    return any(c in name for c in "*?[")
+
+
 class UpstreamConfig(_Strict):
     name: str
+    api: Literal["openai", "anthropic"] = Field(
+        "openai", description="the upstream's protocol: OpenAI chat completions, or Anthropic's Messages API"
+    )
     base_url: str
     api_key: str = ""
     auth_scheme: Literal["bearer", "api-key"] = "bearer"
     headers: dict[str, str] = Field(default_factory=dict)
-    models: list[str] = Field(default_factory=lambda: ["*"])
+    models: list[str] = Field(default_factory=lambda: ["*"], description="client model names or glob patterns")
     model_map: dict[str, str] = Field(default_factory=dict)
     timeout_s: TimeoutConfig = Field(default_factory=TimeoutConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
@@ -211,6 +220,10 @@ class UpstreamConfig(_Strict):
     server_tools: bool = True
     stream_usage: bool = Field(True, description="ask for stream_options.include_usage; off for servers that reject it")
     max_connections: int = Field(256, ge=1)
+    anthropic_version: str = Field("2023-06-01", description="api: anthropic; sent as the anthropic-version header")
+    default_max_tokens: int = Field(
+        4096, ge=1, description="api: anthropic; max_tokens when the client sets none (Anthropic requires one)"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -220,7 +233,13 @@ class UpstreamConfig(_Strict):
         return value.rstrip("/")
 
     def serves(self, model: str) -> bool:
-        return "*" in self.models or model in self.models
+        """Whether a client model name is this upstream's: a name in ``models``, or one a pattern in it matches."""
+        return model in self.models or any(fnmatchcase(model, pattern) for pattern in self.patterns)
+
+    @property
+    def patterns(self) -> list[str]:
+        """The glob patterns in ``models`` (``*``, ``claude-*``): the upstream's own list names those models."""
+        return [m for m in self.models if is_pattern(m)]
 
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)

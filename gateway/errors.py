@@ -118,7 +118,8 @@ class UpstreamStreamError(UpstreamError):
 class UpstreamStatus(UpstreamError):
     """An HTTP error status from the upstream, with its body as an OpenAI error."""
 
-    RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+    # 529: Anthropic's "overloaded", which its own SDKs retry.
+    RETRYABLE_STATUSES = frozenset({429, 502, 503, 504, 529})
 
     def __init__(self, status: int, payload: dict[str, Any], retry_after: float | None = None) -> None:
         error = payload["error"]

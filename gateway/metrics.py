@@ -162,12 +162,13 @@ class Labels:
     MAX_DISCOVERED_MODELS = 256
 
     def __init__(self, models: Iterable[str], tools: Iterable[str]) -> None:
-        self.models = {m for m in models if m != "*"}
+        # Patterns (``*``, ``claude-*``) are not models; the models they match are discovered.
+        self.models = {m for m in models if not any(c in m for c in "*?[")}
         self.tools = set(tools)
         self._configured = len(self.models)
 
     def discover_models(self, names: Iterable[str]) -> None:
-        """Admit models a ``*`` upstream lists itself: bounded by that list, not by clients."""
+        """Admit models an upstream with patterns lists itself: bounded by that list, not by clients."""
         for name in names:
             if len(self.models) - self._configured >= self.MAX_DISCOVERED_MODELS:
                 return

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.chat import ChatService
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, is_pattern
 from gateway.responses import ResponsesService
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import Upstream
@@ -99,9 +99,9 @@ class GatewayState:
         return routes
 
     async def start_watching_models(self) -> None:
-        """Admit the ``*`` upstreams' own models as metric labels now, waiting at most
-        ``MODELS_STARTUP_WAIT_S``, then again every ``MODELS_REFRESH_S`` in the background."""
-        if not any("*" in u.models for u in self.config.upstreams):
+        """Admit the own models of upstreams with patterns (``*``, ``claude-*``) as metric labels now, waiting
+        at most ``MODELS_STARTUP_WAIT_S``, then again every ``MODELS_REFRESH_S`` in the background."""
+        if not any(u.patterns for u in self.config.upstreams):
             return
         first = asyncio.ensure_future(self.discover_models())
         await asyncio.wait((first,), timeout=MODELS_STARTUP_WAIT_S)
@@ -120,29 +120,30 @@ class GatewayState:
             await self.discover_models()
 
     async def discover_models(self) -> None:
-        """Admit the models each ``*`` upstream lists as metric labels (bounded by ``Labels``)."""
-        wildcard = [self.upstreams[u.name] for u in self.config.upstreams if "*" in u.models]
+        """Admit the models each upstream with patterns lists, and its patterns match, as metric labels
+        (bounded by ``Labels``)."""
+        wildcard = [u for u in self.config.upstreams if u.patterns]
         try:
-            listed = await asyncio.gather(*(u.fetch_models() for u in wildcard))
+            listed = await asyncio.gather(*(self.upstreams[u.name].fetch_models() for u in wildcard))
         except Exception as exc:  # never let a refresh end the watch: labels fold into ``other`` meanwhile
             log.warning("listing upstream models failed", extra={"error": f"{type(exc).__name__}: {exc}"})
             return
-        for models in listed:
-            self.chat.services.labels.discover_models(m["id"] for m in models)
+        for upstream, models in zip(wildcard, listed, strict=True):
+            self.chat.services.labels.discover_models(m["id"] for m in models if upstream.serves(m["id"]))
 
     def tool_source_status(self) -> dict[str, str]:
         """Readiness of external tool sources (MCP servers), by name."""
         return dict(self.tool_sources)
 
     async def model_list(self) -> list[dict[str, Any]]:
-        """Configured client-facing models, plus each ``*`` upstream's own list."""
+        """Configured client-facing models, plus the models an upstream with patterns lists and they match."""
         seen: dict[str, dict[str, Any]] = {}
         for upstream in self.config.upstreams:
             for name in [*upstream.models, *upstream.model_map]:
-                if name != "*" and name not in seen:
+                if not is_pattern(name) and name not in seen:
                     seen[name] = {"id": name, "object": "model", "created": self.started_at, "owned_by": upstream.name}
-            if "*" in upstream.models:
-                listed = await self.upstreams[upstream.name].list_models()
+            if upstream.patterns:
+                listed = [m for m in await self.upstreams[upstream.name].list_models() if upstream.serves(m["id"])]
                 self.chat.services.labels.discover_models(m["id"] for m in listed)
                 for model in listed:
                     if model["id"] not in seen:

@@ -146,6 +146,8 @@ class FakeUpstream:
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                # Anthropic's Messages API: same script, replies written in its shapes by the test.
+                Route("/v1/messages", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 *(Route(path, self._chat, methods=["POST"]) for path in passthrough),
             ]
@@ -174,7 +176,7 @@ class FakeUpstream:
 
     @property
     def bodies(self) -> list[Any]:
-        return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
+        return [r.body for r in self.requests if r.path.endswith(("/chat/completions", "/messages"))]
 
     async def _models(self, request: Request) -> Response:
         if self.models_gate is not None:
