@@ -186,18 +186,29 @@ def settle_failure(
     raise exc
 
 
-async def serve_chat(service: ChatService, request: Request) -> Response | EventStreamResponse:
+def begin(service: ChatService, request: Request) -> tuple[str, RequestRecord]:
+    """A request's id (the client's when sane) and its record, traced when tracing is on."""
     request_id = request_id_from(request.headers.get("x-request-id"))
     request.state.request_id = request_id
-    labels = service.services.labels
     record = RequestRecord(request_id, stream=False)
     if service.tracing is not None:
         record.trace = service.tracing.request("POST", request.scope["path"], request.headers)
+    return request_id, record
+
+
+async def caller_and_body(service: ChatService, request: Request, record: RequestRecord) -> tuple[KeyPolicy, bytes]:
+    """The caller's key policy, then the body, within the size and time limits."""
+    policy = service.authenticator.caller(request.headers)
+    record.key = policy.name
+    return policy, await read_body(request, service.max_body_bytes, service.body_timeout_s)
+
+
+async def serve_chat(service: ChatService, request: Request) -> Response | EventStreamResponse:
+    request_id, record = begin(service, request)
+    labels = service.services.labels
     stats: LoopStats | None = None
     try:
-        policy = service.authenticator.caller(request.headers)
-        record.key = policy.name
-        raw = await read_body(request, service.max_body_bytes, service.body_timeout_s)
+        policy, raw = await caller_and_body(service, request, record)
         body, chat = parse_chat_request(raw, service.max_model_chars)
         record.model = chat.model
         record.stream = bool(chat.stream)

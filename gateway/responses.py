@@ -21,8 +21,8 @@ from gateway.chat import (
     CLIENT_CLOSED,
     ChatService,
     admit,
-    read_body,
-    request_id_from,
+    begin,
+    caller_and_body,
     settle_failure,
     unless_client_leaves,
 )
@@ -238,17 +238,11 @@ def _skeleton(parsed: ResponsesRequest) -> dict[str, Any]:
 
 async def serve_responses(service: ResponsesService, request: Request) -> Response | EventStreamResponse:
     chat = service.chat
-    request_id = request_id_from(request.headers.get("x-request-id"))
-    request.state.request_id = request_id
+    request_id, record = begin(chat, request)
     labels = chat.services.labels
-    record = RequestRecord(request_id, stream=False)
-    if chat.tracing is not None:
-        record.trace = chat.tracing.request("POST", request.scope["path"], request.headers)
     stats: LoopStats | None = None
     try:
-        policy = chat.authenticator.caller(request.headers)
-        record.key = policy.name
-        raw = await read_body(request, chat.max_body_bytes, chat.body_timeout_s)
+        policy, raw = await caller_and_body(chat, request, record)
         parsed = parse_responses_request(raw, chat.max_model_chars, resolve_tool=service.resolve)
         record.model = parsed.model
         record.stream = parsed.stream

@@ -534,18 +534,24 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 RICH_PATHS = _paths(RICH)[1:]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None, database=None)
-@given(data=st.data())
-def test_any_one_field_replaced_or_removed_is_refused_by_path_or_translated(data: st.DataObject) -> None:
-    body = json.loads(json.dumps(RICH))
-    *parent_path, key = data.draw(st.sampled_from(RICH_PATHS))
-    parent = body
+def _one_field_corrupted(data: st.DataObject, tree: Any, paths: list[Any]) -> Any:
+    """A copy of ``tree`` with one field, drawn from ``paths``, removed or replaced by any JSON."""
+    copy = json.loads(json.dumps(tree))
+    *parent_path, key = data.draw(st.sampled_from(paths))
+    parent = copy
     for step in parent_path:
         parent = parent[step]
     if data.draw(st.booleans()) and isinstance(parent, dict):
         del parent[key]
     else:
         parent[key] = data.draw(JSON)
+    return copy
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None, database=None)
+@given(data=st.data())
+def test_any_one_field_replaced_or_removed_is_refused_by_path_or_translated(data: st.DataObject) -> None:
+    body = _one_field_corrupted(data, RICH, RICH_PATHS)
     try:
         request = messages_request(body, default_max_tokens=DEFAULT_MAX)
     except InvalidRequest as exc:
@@ -978,15 +984,7 @@ EVENT_PATHS = [path for path in _paths(RECORDED_EVENTS) if len(path) >= 2]
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None, database=None)
 @given(data=st.data())
 def test_any_one_field_of_a_recorded_stream_corrupted_is_an_upstream_failure_or_translated(data: st.DataObject) -> None:
-    events = json.loads(json.dumps(RECORDED_EVENTS))
-    *parent_path, key = data.draw(st.sampled_from(EVENT_PATHS))
-    parent = events
-    for step in parent_path:
-        parent = parent[step]
-    if data.draw(st.booleans()) and isinstance(parent, dict):
-        del parent[key]
-    else:
-        parent[key] = data.draw(JSON)
+    events = _one_field_corrupted(data, RECORDED_EVENTS, EVENT_PATHS)
     translator = ChunkTranslator()
     try:
         for event in events:

@@ -14,14 +14,8 @@ from tests.conftest import Gateway, GatewayFactory
 from tests.fake_upstream import MODEL, FakeUpstream, Json, Sse, chunk, completion
 from tests.fake_upstream import call as tool_call
 from tests.responses_wire import create, input_items, stream
+from tests.test_responses import CLIENT_TOOL, WEATHER
 
-WEATHER = {"location": "Paris", "unit": "celsius"}
-CLIENT_TOOL = {
-    "type": "function",
-    "name": "open_door",
-    "description": "Open a door at the client.",
-    "parameters": {"type": "object", "properties": {"door": {"type": "string"}}, "required": ["door"]},
-}
 KEYS = {"auth": {"api_keys": [{"name": "alice", "key": "sk-alice-0001"}, {"name": "bob", "key": "sk-bob-00002"}]}}
 
 
