@@ -37,6 +37,7 @@ from gateway.responses import RESPONSES_PATH, ResponsesService, serve_responses
 from gateway.routes import router
 from gateway.routing import Router
 from gateway.state import GatewayState
+from gateway.tool_selection import ToolSelector
 from gateway.tools.executor import ToolExecutor
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import close_all
@@ -90,6 +91,7 @@ def build_state(config: GatewayConfig, base_dir: Path | None = None) -> GatewayS
         continuations=continuations,
         config=loop,
         labels=labels,
+        selector=ToolSelector(config.tools.selection, registry),
     )
     # Every key's refusal series exists from the start, so dashboards see zeros, not gaps.
     for name in [k.name for k in config.auth.api_keys] or [OPEN_POLICY.name]:

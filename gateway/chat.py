@@ -38,6 +38,8 @@ from gateway.policy import OPEN_POLICY, KeyPolicy, RateLimiter
 from gateway.protocol import parse_chat_request
 from gateway.request_record import RequestRecord
 from gateway.routing import Route, Router, not_found_message
+from gateway.tool_offer import DEFAULT_OPTIONS, LoopOptions
+from gateway.tool_selection import TOOLS_HEADER, header_filter
 from gateway.tools.base import ToolContext
 from gateway.upstream import UpstreamHeaders, forwardable_headers
 
@@ -213,7 +215,9 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
         record.model = chat.model
         record.stream = bool(chat.stream)
         route, context, headers = await admit(service, request, record, policy, chat.model, request_id)
-        loop = ToolLoop(service.services, route, body, chat, context, headers, policy, record.trace)
+        narrowed = header_filter(request.headers.get(TOOLS_HEADER))
+        options = DEFAULT_OPTIONS if narrowed is None else LoopOptions(offers=narrowed)
+        loop = ToolLoop(service.services, route, body, chat, context, headers, policy, record.trace, options)
         stats = loop.stats
         trace = request.headers.get(TRACE_HEADER, "").lower() in ("1", "true", "yes")
         events = loop.run()
@@ -221,6 +225,8 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
             completion = completion_body(await unless_client_leaves(request, _completion(events)), chat.model)
             if trace:
                 completion["x_gateway"] = {"rounds": stats.rounds, "tool_calls": stats.trace}
+                if stats.offered is not None:
+                    completion["x_gateway"]["offered_tools"] = stats.offered
             await record.admission.spend_tokens(stats.usage)
             try:
                 response = json_response(

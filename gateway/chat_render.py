@@ -169,11 +169,12 @@ class ChatStreamRenderer:
             return encode_data(exc.body())
         return encode_data(error_body("The gateway failed while streaming the answer.", "server_error"))
 
-    @staticmethod
-    def end(stats: LoopStats) -> tuple[bytes, bytes]:
+    def end(self, stats: LoopStats) -> tuple[bytes, bytes]:
         """The stream's last two writes: the loop's summary, then ``[DONE]``."""
         # The round count is only known at the end: a comment every SSE parser skips.
-        summary = {"tool_rounds": stats.rounds, "max_rounds_reached": stats.max_rounds_reached}
+        summary: dict[str, Any] = {"tool_rounds": stats.rounds, "max_rounds_reached": stats.max_rounds_reached}
+        if self._trace and stats.offered is not None:
+            summary["offered_tools"] = stats.offered
         return encode_comment("gateway", summary), DONE
 
 

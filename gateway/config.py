@@ -356,9 +356,26 @@ class McpServerConfig(_Strict):
         return f"{self.name}__" if self.prefix is None else self.prefix
 
 
+class ToolGroup(_Strict):
+    """An intent group: a request whose latest user message has one of the keywords gets these tools first."""
+
+    keywords: list[str] = Field(min_length=1)
+    tools: list[str] = Field(min_length=1, description="tool names or glob patterns")
+
+
+class ToolSelectionConfig(_Strict):
+    """Which server tools each request is offered: all of them, or the ones relevant to its conversation."""
+
+    mode: Literal["all", "relevant"] = "all"
+    max_tools: int = Field(6, ge=1, description="mode relevant: tools ranked in per request, beyond the pinned ones")
+    always: list[str] = Field(default_factory=list, description="tool names or glob patterns offered regardless")
+    groups: dict[str, ToolGroup] = Field(default_factory=dict)
+
+
 class ToolsConfig(_Strict):
     paths: list[str] = Field(default_factory=lambda: ["tools"])
     enabled: list[str] | None = None
+    selection: ToolSelectionConfig = Field(default_factory=ToolSelectionConfig)
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-tool settings, read by the tool through its context"
     )

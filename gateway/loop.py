@@ -49,6 +49,7 @@ from gateway.tools.registry import ToolRegistry
 from gateway.upstream import UpstreamHeaders
 
 if TYPE_CHECKING:
+    from gateway.tool_selection import ToolSelector
     from gateway.tracing import RequestTrace, UpstreamSpan
 
 
@@ -73,6 +74,7 @@ class LoopServices:
     continuations: ContinuationStore
     config: LoopConfig
     labels: Labels
+    selector: ToolSelector | None = None
 
 
 async def _drain(payloads: AsyncIterator[Any]) -> None:
@@ -113,7 +115,11 @@ class ToolLoop:
         self.client_tools = {t.function.name for t in request.tools or [] if t.function is not None}
         self.server_tools: dict[str, dict[str, Any]] = {}
         if route.primary.config.server_tools and request.tool_choice != "none":
-            self.server_tools = offered_tools(services.registry, policy, options, body, self.client_tools)
+            self.server_tools, selection = offered_tools(
+                services.registry, policy, options, body, self.client_tools, services.selector
+            )
+            if selection is not None:
+                self.stats.offered = selection.trace()
         self._slots = services.executor.request_slots()
 
     @property

@@ -138,6 +138,7 @@ class LoopStats:
     tool_wait_s: float = 0.0
     tools_called: list[str] = field(default_factory=list)
     trace: list[dict[str, Any]] = field(default_factory=list)
+    offered: list[dict[str, Any]] | None = None  # the ranked selection of server tools (tools.selection), if any
 
 
 @dataclass(slots=True)

@@ -85,6 +85,11 @@ TOOL_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 TOOL_ROUNDS = Histogram("gateway_tool_rounds", "Server tool rounds run for one request.", buckets=ROUND_BUCKETS)
+OFFERED_TOOLS = Histogram(
+    "gateway_offered_tools",
+    "Server tools offered to the model for one request (tools.selection).",
+    buckets=(0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 64, 128, 256, 512, 1024),
+)
 CONTINUATIONS = Counter(
     "gateway_continuations",
     "Mixed-turn continuations by event (stored, resumed, expired, dropped for size).",

@@ -10,7 +10,7 @@ key: another key's id is answered 404, as an unknown one.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from gateway.responses_items import new_item_id
 from gateway.responses_render import ResponseRenderer
 from gateway.responses_request import McpToolRequest, ResponsesRequest, items_to_messages, parse_responses_request
 from gateway.tool_offer import LoopOptions
+from gateway.tool_selection import TOOLS_HEADER, header_filter
 from gateway.tools.registry import ToolRegistry
 
 RESPONSES_PATH = "/v1/responses"
@@ -105,7 +106,13 @@ def _check_mcp_tools(service: ResponsesService, tools: list[McpToolRequest]) -> 
             )
 
 
-def _loop_options(service: ResponsesService, parsed: ResponsesRequest, approved: tuple[ToolCall, ...]) -> LoopOptions:
+def _loop_options(
+    service: ResponsesService,
+    parsed: ResponsesRequest,
+    approved: tuple[ToolCall, ...],
+    narrowed: Callable[[str], bool] | None,
+) -> LoopOptions:
+    """The loop's options: calls as items, the request's MCP tools narrowing and gating theirs, ``x-gateway-tools``."""
     by_label = {tool.server_label: tool for tool in parsed.mcp_tools}
 
     def requested(function_name: str) -> tuple[McpToolRequest | None, str]:
@@ -114,7 +121,7 @@ def _loop_options(service: ResponsesService, parsed: ResponsesRequest, approved:
 
     def offers(function_name: str) -> bool:
         tool, name = requested(function_name)
-        return tool is None or tool.allows(name)
+        return (tool is None or tool.allows(name)) and (narrowed is None or narrowed(function_name))
 
     def needs_approval(function_name: str) -> bool:
         tool, name = requested(function_name)
@@ -122,7 +129,7 @@ def _loop_options(service: ResponsesService, parsed: ResponsesRequest, approved:
 
     return LoopOptions(
         assemble_calls=True,
-        offers=offers if by_label else None,
+        offers=offers if by_label or narrowed is not None else None,
         needs_approval=needs_approval if by_label else None,
         approved=approved,
         max_tool_calls=parsed.max_tool_calls,
@@ -259,7 +266,7 @@ async def serve_responses(service: ResponsesService, request: Request) -> Respon
         lead = [{"role": "system", "content": parsed.instructions}] if parsed.instructions else []
         parsed.chat_body["messages"] = [*lead, *items_to_messages(conversation, service.resolve)]
         route, context, headers = await admit(chat, request, record, policy, parsed.model, request_id)
-        options = _loop_options(service, parsed, approved)
+        options = _loop_options(service, parsed, approved, header_filter(request.headers.get(TOOLS_HEADER)))
         loop = ToolLoop(
             chat.services,
             route,

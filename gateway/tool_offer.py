@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.deltas import ToolCall
 from gateway.errors import InvalidRequest
 from gateway.policy import KeyPolicy
+from gateway.protocol import forced_function
 from gateway.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from gateway.tool_selection import Selection, ToolSelector
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +48,10 @@ def offered_tools(
     options: LoopOptions,
     body: dict[str, Any],
     client_tools: set[str],
-) -> dict[str, dict[str, Any]]:
-    """The server tools' definitions by name, for one request; raises InvalidRequest when they cannot be offered."""
+    selector: ToolSelector | None = None,
+) -> tuple[dict[str, dict[str, Any]], Selection | None]:
+    """The server tools' definitions by name, for one request, and how they were selected;
+    raises InvalidRequest when they cannot be offered."""
     allowed = policy.allows_tool
     narrowed = options.offers
     offered = {
@@ -69,7 +75,14 @@ def offered_tools(
             param="n",
             code="unsupported_value",
         )
-    return offered
+    selection = None
+    if selector is not None and offered:
+        messages = body.get("messages")
+        forced = forced_function(body.get("tool_choice"))
+        selection = selector.select(offered, messages if isinstance(messages, list) else [], forced)
+        if len(selection.names) < len(offered):
+            offered = {name: offered[name] for name in selection.names}
+    return offered, selection
 
 
 def with_results_after_calls(messages: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:

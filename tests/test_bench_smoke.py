@@ -1,4 +1,5 @@
-"""The benchmark harness still runs end to end: ``python -m bench --smoke`` (no timing assertions)."""
+"""The benchmark harnesses still run end to end: ``python -m bench --smoke`` and
+``python -m bench.tool_selection --smoke`` (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,33 @@ def test_smoke_run_gives_every_budget_line_a_verdict(report: str) -> None:
     # The metrics check is exact, whatever the machine's speed.
     metrics = next(row for row in rows if row[1].startswith("gateway_requests_total"))
     assert metrics[4] == "met", metrics
+
+
+TOOL_SELECTION_GOALS = ("recall at 8 >= 95%", "schema tokens at 8 cut by >= 90%", "rank p99 for 1000 tools < 1,000 µs")
+
+
+def test_tool_selection_smoke_reports_recall_tokens_cost_and_every_goal(tmp_path: Path) -> None:
+    """``python -m bench.tool_selection --smoke``: the built-in sample, no download."""
+    output = tmp_path / "tool_selection.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.tool_selection", "--smoke", "--rounds=2", f"--output={output}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert output.read_text() == done.stdout
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")] for line in done.stdout.splitlines() if line[:1] == "|"
+    ]
+    recall = {row[0]: row[1:] for row in rows if row[0].startswith("k = ")}
+    assert set(recall) == {"k = 3", "k = 5", "k = 8"}
+    assert all(cell.endswith("%") for cells in recall.values() for cell in cells)
+    assert any(row[0].startswith("top 8") for row in rows)
+    assert any(row[0].startswith("1000 (padded") and row[3].endswith("µs") for row in rows)
+    verdicts = {row[0]: row[2] for row in rows if row[0] in TOOL_SELECTION_GOALS}
+    assert set(verdicts) == set(TOOL_SELECTION_GOALS)
+    assert set(verdicts.values()) <= {"met", "**not met**"}
+    assert verdicts["recall at 8 >= 95%"] == "met"  # every sample question names its tool plainly

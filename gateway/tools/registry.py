@@ -70,6 +70,8 @@ class ToolRegistry:
         self.config = config
         self._tools: dict[str, Tool] = {}
         self._skipped: dict[str, list[SkippedTool]] = {}
+        # Bumped whenever the set of tools changes: what is built over them (a ranking index) is rebuilt.
+        self.version = 0
         self.thread_pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="gateway-tool")
 
     @classmethod
@@ -93,10 +95,12 @@ class ToolRegistry:
             if isinstance(item, FunctionTool):
                 item.thread_pool = self.thread_pool
             self._tools[item.name] = item
+        self.version += 1
 
     def remove(self, names: Iterable[str]) -> None:
         for name in names:
             self._tools.pop(name, None)
+        self.version += 1
 
     def is_enabled(self, name: str) -> bool:
         return self.config.enabled is None or name in self.config.enabled

@@ -1,0 +1,253 @@
+"""Ranking the server tools against a conversation, to offer only the relevant ones (``selection.mode: relevant``).
+
+BM25 (the ``bm25s`` library builds the index) over each tool's words: its name, split into words
+as well as whole, its description, and its parameters' names, descriptions and enum values. The
+ranker is built once per tool set; ranking one request is a handful of numpy operations over the
+posting lists of the query's words, well under a millisecond for a thousand tools.
+
+``bm25s`` and numpy are imported when a ranker is built, never at module import: a gateway that
+offers every tool does not load them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# Tuned on the BFCL pool (bench/tool_selection.py, bench/TOOL_SELECTION.md): the name's words count three
+# times; a low length normalisation (B), because a long schema is long for its parameters, not for being vague.
+NAME_WEIGHT = 3
+K1 = 1.2
+B = 0.3
+# The latest user message counts twice against earlier context.
+LATEST_USER_REPEAT = 2
+# Bounds on what one tool contributes, whatever its schema holds.
+MAX_DEPTH = 4
+MAX_PROPERTIES = 64
+MAX_ENUM_VALUES = 16
+MAX_FIELD_CHARS = 2000
+MAX_DOC_CHARS = 16000
+MAX_CACHED_WORDS = 50000
+# Bounds on what a conversation contributes to the query: its latest messages, their first parts.
+MAX_MESSAGES = 256
+MAX_PARTS = 64
+MAX_QUERY_CHARS = 8000  # rank() reads no more of a query than this, whoever made it
+
+_COMPOUND = re.compile(r"\w+(?:[.\-/:]\w+)*")
+_SEPARATORS = re.compile(r"[._\-/:]+")
+# camelCase, HTTPServer, and letters against digits.
+_CAMEL = re.compile(
+    r"(?<=[^\W\d_])(?<![A-Z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])"
+)
+
+
+def _stem(word: str) -> str:
+    """A light suffix strip (no stemming library), so that inflections meet: 'cities' and 'city' -> 'citi',
+    'movies' and 'movie' -> 'movi', 'booking' and 'booked' -> 'book'. Short words and non-letters stay as they are."""
+    if len(word) <= 3 or not word.isascii() or not word.isalpha():
+        return word
+    if word.endswith("sses"):
+        word = word[:-2]
+    elif word.endswith("ies"):
+        word = word[:-3] + "i"
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    for suffix in ("ing", "ed"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "lsz":  # running -> run
+                word = word[:-1]
+            break
+    if len(word) > 3 and word[-1] in "ye":
+        word = word[:-1] + ("i" if word[-1] == "y" else "")
+    return word
+
+
+def _split(compound: str) -> list[str]:
+    """The lowercase words of one identifier or word: 'getCurrentWeather' -> ['get', 'current', 'weather']."""
+    return [part.lower() for piece in _SEPARATORS.split(compound) for part in _CAMEL.split(piece) if part]
+
+
+class _Tokenizer:
+    """Text to index words: lowercase, identifiers split (and kept whole), stopwords dropped, lightly stemmed.
+
+    Each whitespace-separated chunk's words are cached: chat text repeats its words, and one regex pass over a
+    long query costs more than the rest of ranking it.
+    """
+
+    def __init__(self, stopwords: frozenset[str]) -> None:
+        self._stopwords = stopwords
+        self._cache: dict[str, tuple[str, ...]] = {}
+
+    def _words(self, chunk: str) -> tuple[str, ...]:
+        out = []
+        for compound in _COMPOUND.findall(chunk):
+            parts = _split(compound)
+            out += [_stem(p) for p in parts if p not in self._stopwords and not p.isdigit()]
+            whole = "".join(parts)
+            if len(parts) > 1 and not whole.isdigit():
+                out.append(whole)  # the whole identifier: a query naming the tool matches it outright
+        return tuple(out)
+
+    def __call__(self, text: str) -> list[str]:
+        cache = self._cache
+        out: list[str] = []
+        for chunk in text.split():
+            words = cache.get(chunk)
+            if words is None:
+                words = self._words(chunk)
+                if len(cache) >= MAX_CACHED_WORDS:
+                    cache.clear()
+                cache[chunk] = words
+            out += words
+        return out
+
+
+def _texts(definition: dict[str, Any]) -> Iterator[str]:
+    """One tool entry's text fields, name first and repeated; anything malformed is skipped."""
+    function = definition.get("function") if isinstance(definition, dict) else None
+    if not isinstance(function, dict):
+        return
+    name = function.get("name")
+    if isinstance(name, str):
+        for _ in range(NAME_WEIGHT):
+            yield name[:MAX_FIELD_CHARS]
+    description = function.get("description")
+    if isinstance(description, str):
+        yield description[:MAX_FIELD_CHARS]
+    budget = [MAX_PROPERTIES]
+    yield from _schema_texts(function.get("parameters"), 0, budget)
+
+
+def _schema_texts(schema: Any, depth: int, budget: list[int]) -> Iterator[str]:
+    if not isinstance(schema, dict) or depth > MAX_DEPTH:
+        return
+    if depth > 0:
+        description = schema.get("description")
+        if isinstance(description, str):
+            yield description[:MAX_FIELD_CHARS]
+        enum = schema.get("enum")
+        if isinstance(enum, list):
+            yield " ".join(v for v in enum[:MAX_ENUM_VALUES] if isinstance(v, str))[:MAX_FIELD_CHARS]
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        for key, sub in properties.items():
+            if budget[0] <= 0:
+                return
+            budget[0] -= 1
+            if isinstance(key, str):
+                yield key[:MAX_FIELD_CHARS]
+            yield from _schema_texts(sub, depth + 1, budget)
+    yield from _schema_texts(schema.get("items"), depth + 1, budget)
+
+
+class ToolRanker:
+    """BM25 over each tool's name (split on _ - . and camelCase into words as well as whole), description and
+    parameter names and descriptions (nested properties too, bounded), built once per tool set."""
+
+    def __init__(self, definitions: list[dict[str, Any]]) -> None:
+        import bm25s  # type: ignore[import-untyped]
+        import numpy
+
+        self._np = numpy
+        self._tokenize = _Tokenizer(frozenset(bm25s.stopwords.STOPWORDS_EN_PLUS))
+        self._names: list[str] = []
+        corpus: list[list[str]] = []
+        for definition in definitions:
+            function = definition.get("function") if isinstance(definition, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(name, str):
+                continue
+            text = "\n".join(_texts(definition))[:MAX_DOC_CHARS]
+            self._names.append(name)
+            corpus.append(self._tokenize(text))
+        self._vocab: dict[str, int] = {}
+        self._n = len(corpus)
+        if not any(corpus):  # bm25s averages document lengths: an empty corpus would warn
+            return
+        model = bm25s.BM25(k1=K1, b=B, method="lucene")
+        scores, self._vocab = model.build_index_from_tokens(corpus, show_progress=False)
+        self._data: npt.NDArray[np.float64] = numpy.asarray(scores["data"], dtype=numpy.float64)
+        self._docs: npt.NDArray[np.intp] = numpy.asarray(scores["indices"], dtype=numpy.intp)
+        self._indptr: npt.NDArray[np.intp] = numpy.asarray(scores["indptr"], dtype=numpy.intp)
+
+    @property
+    def names(self) -> list[str]:
+        """The ranked tools' names, in the order they were given."""
+        return list(self._names)
+
+    def rank(self, query: str, k: int) -> list[tuple[str, float]]:
+        """The names of at most ``k`` tools that share words with ``query``, with their scores, best first."""
+        if k <= 0 or not self._vocab or not isinstance(query, str):
+            return []
+        vocab = self._vocab
+        counts = Counter(word for word in self._tokenize(query[:MAX_QUERY_CHARS]) if word in vocab)
+        if not counts:
+            return []
+        np = self._np
+        ids = np.array([vocab[word] for word in counts], dtype=np.intp)
+        weights = np.array(list(counts.values()), dtype=np.float64)
+        starts = self._indptr[ids]
+        lengths = self._indptr[ids + 1] - starts
+        total = int(lengths.sum())
+        # The postings of every query word in one gather: position j of word i is starts[i] + j.
+        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+        scores = np.bincount(
+            self._docs[offsets], weights=self._data[offsets] * np.repeat(weights, lengths), minlength=self._n
+        )
+        hits = np.flatnonzero(scores > 0)
+        if len(hits) > k:
+            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+        best = sorted(hits.tolist(), key=lambda i: (-scores[i], i))
+        return [(self._names[i], float(scores[i])) for i in best]
+
+
+def _text(content: Any, limit: int) -> str:
+    """At most ``limit`` characters of a message's text: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content[:limit].strip()
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    for part in content[:MAX_PARTS]:
+        if limit <= 0:
+            break
+        text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None
+        if isinstance(text, str) and (text := text[:limit].strip()):
+            texts.append(text)
+            limit -= len(text) + 1
+    return "\n".join(texts)
+
+
+def conversation_query(messages: list[dict[str, Any]], max_chars: int = 2000) -> str:
+    """The text to rank against, at most ``max_chars`` long: the latest user message first, twice (its words
+    count double), then the context before and after it (user and assistant text, most recent first).
+
+    Content may be a string or a list of parts (``{"type": "text", "text": ...}``); anything else, system and tool
+    messages among it, is skipped. Only the last ``MAX_MESSAGES`` messages and each one's first ``MAX_PARTS``
+    parts are read; hostile input (huge, nested, wrong types) gives what text it has, or "", and never raises.
+    """
+    if not isinstance(messages, list) or not isinstance(max_chars, int) or max_chars <= 0:
+        return ""
+    recent = [
+        m for m in reversed(messages[-MAX_MESSAGES:]) if isinstance(m, dict) and m.get("role") in ("user", "assistant")
+    ]
+    latest = next((i for i, m in enumerate(recent) if m.get("role") == "user"), None)
+    pieces: list[str] = []
+    if latest is not None:
+        text = _text(recent[latest].get("content"), max_chars // LATEST_USER_REPEAT - 1)
+        pieces = [text] * LATEST_USER_REPEAT if text else []
+    left = max_chars - sum(len(p) + 1 for p in pieces)
+    for i, message in enumerate(recent):
+        if left <= 0:
+            break
+        if i != latest and (text := _text(message.get("content"), left)):
+            pieces.append(text)
+            left -= len(text) + 1
+    return "\n".join(pieces)[:max_chars]
