@@ -114,7 +114,7 @@ def _first_model(base_url: str, api_key: str) -> str:
 class GatewayProcess:
     """``gateway serve`` as a child process with a config written for the suite."""
 
-    def __init__(self, upstream: Upstream, workdir: Path) -> None:
+    def __init__(self, upstream: Upstream, workdir: Path, overrides: dict[str, Any] | None = None) -> None:
         self.port = free_port()
         self.config_path = workdir / "gateway.yaml"
         self.log_path = workdir / "gateway.log"
@@ -134,6 +134,7 @@ class GatewayProcess:
             "tools": {"paths": [str(ROOT / "tools")], "enabled": ["calculate", "current_time"]},
             "loop": {"max_rounds": 4},
             "logging": {"level": "info", "format": "text"},
+            **(overrides or {}),
         }
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self._log = self.log_path.open("wb")
