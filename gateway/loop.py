@@ -146,8 +146,8 @@ class ToolLoop:
         config = self.services.config
         max_rounds = self.policy.max_rounds(config.max_rounds)
         calls_left = min(config.max_tool_calls, self.options.max_tool_calls or config.max_tool_calls)
-        approved = list(self.options.approved[:calls_left])
-        if approved:
+        approved, over = list(self.options.approved[:calls_left]), self.options.approved[calls_left:]
+        if approved or over:
             # Calls the client approved after an earlier answer stopped for them: run, then go on.
             calls_left -= len(approved)
             results: list[dict[str, Any]] = []
@@ -155,6 +155,7 @@ class ToolLoop:
                 yield progress
                 if isinstance(progress, ServerToolFinished):
                     results.append(progress.outcome.message())
+            results += [_over_the_limit(c) for c in over]
             body["messages"] = with_results_after_calls(body["messages"], results)
         # Calls are assembled whenever the loop decides on them or the client protocol states them itself.
         assemble = intercept or self.options.assemble_calls
@@ -211,14 +212,7 @@ class ToolLoop:
                 yield progress
                 if isinstance(progress, ServerToolFinished):
                     outcomes[id(progress.outcome.call)] = progress.outcome
-            results = [outcomes[id(c)].message() for c in runnable] + [
-                {
-                    "role": "tool",
-                    "tool_call_id": c.id,
-                    "content": '{"error": "Tool call limit for this request reached.", "type": "limit"}',
-                }
-                for c in refused
-            ]
+            results = [outcomes[id(c)].message() for c in runnable] + [_over_the_limit(c) for c in refused]
             self.stats.rounds += 1
             if gated:
                 # The answer ends here; the client's approval brings these calls back (``LoopOptions.approved``).
@@ -415,6 +409,15 @@ class ToolLoop:
             Completion(finish_reason, stats.usage, stats, client_calls, withheld, result.body, approvals or [])
         )
         return events
+
+
+def _over_the_limit(call: ToolCall) -> dict[str, Any]:
+    """The result of a call not run: the request's tool calls are used up."""
+    return {
+        "role": "tool",
+        "tool_call_id": call.id,
+        "content": '{"error": "Tool call limit for this request reached.", "type": "limit"}',
+    }
 
 
 def _reasoning_of(message: dict[str, Any]) -> str | None:
