@@ -40,7 +40,7 @@ from gateway.loop_events import (
 )
 from gateway.metrics import Labels
 from gateway.policy import OPEN_POLICY, KeyPolicy
-from gateway.protocol import ChatRequest, add_usage, chunk_usage, first_choice, forced_function
+from gateway.protocol import ChatRequest, add_usage, chunk_usage, first_choice, forced_function, reasoning_text
 from gateway.routing import Route
 from gateway.tool_offer import DEFAULT_OPTIONS, LoopOptions, offered_tools, with_results_after_calls
 from gateway.tools.base import ToolContext
@@ -298,7 +298,7 @@ class ToolLoop:
         history = {k: v for k, v in message.items() if k in ("role", "content")}
         history.setdefault("role", "assistant")
         text = message.get("content")
-        reasoning = _reasoning_of(message)
+        reasoning = reasoning_text(message)
         yield _Round(
             history,
             calls,
@@ -362,7 +362,7 @@ class ToolLoop:
                     reason = choice.get("finish_reason")
                     if reason is not None:
                         finish_reason = reason
-                    out.append(AnswerDelta(text, _reasoning_of(delta), bool(assembler), item))
+                    out.append(AnswerDelta(text, reasoning_text(delta), bool(assembler), item))
                 # What arrived together goes out together: one write, not one per event.
                 if len(out) == 1:
                     yield out[0]
@@ -418,10 +418,3 @@ def _over_the_limit(call: ToolCall) -> dict[str, Any]:
         "tool_call_id": call.id,
         "content": '{"error": "Tool call limit for this request reached.", "type": "limit"}',
     }
-
-
-def _reasoning_of(message: dict[str, Any]) -> str | None:
-    """A message's or delta's reasoning text: vLLM, llama.cpp and DeepSeek name it ``reasoning_content``;
-    OpenRouter and newer vLLM ``reasoning``."""
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    return reasoning if isinstance(reasoning, str) else None

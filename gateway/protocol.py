@@ -141,3 +141,10 @@ def first_choice(body: Json) -> Json | None:
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         return choices[0]
     return None
+
+
+def reasoning_text(message: Json) -> str | None:
+    """A message's or delta's reasoning text: vLLM, llama.cpp and DeepSeek name it ``reasoning_content``;
+    OpenRouter and newer vLLM ``reasoning``."""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    return reasoning if isinstance(reasoning, str) else None
