@@ -163,36 +163,29 @@ def test_redis_entries_carry_the_ttl_in_their_own_namespace() -> None:
         server.stop()
 
 
-def test_each_key_is_bounded_by_entries_alone_oldest_first(backend: str | None) -> None:
+@pytest.mark.parametrize(
+    ("bound", "others", "kept"),
+    [
+        ({"max_stored_per_key": 3}, [_response(f"b{i}") for i in range(10)], [False] * 7 + [True] * 3),
+        ({"max_stored_bytes_per_key": 4096}, [_response("x" * 700) for _ in range(5)], [False] * 3 + [True] * 2),
+    ],
+    ids=["entries", "bytes"],
+)
+def test_each_key_is_bounded_alone_oldest_first(
+    backend: str | None, bound: dict[str, int], others: list[StoredResponse], kept: list[bool]
+) -> None:
     alice = _response()
-    bob = [_response(f"b{i}") for i in range(10)]
 
     async def scenario(store: ResponseStore) -> tuple[bool, list[bool]]:
         await store.put("alice", alice)
-        for stored in bob:
+        for stored in others:
             await store.put("bob", stored)
-        kept = [await store.get("bob", s.response["id"]) is not None for s in bob]
-        return await store.get("alice", alice.response["id"]) is not None, kept
+        found = [await store.get("bob", s.response["id"]) is not None for s in others]
+        return await store.get("alice", alice.response["id"]) is not None, found
 
-    alice_kept, bob_kept = _run(_config(backend, max_stored_per_key=3), scenario)
+    alice_kept, bob_kept = _run(_config(backend, **bound), scenario)
     assert alice_kept
-    assert bob_kept == [False] * 7 + [True] * 3
-
-
-def test_each_key_is_bounded_by_bytes_alone_oldest_first(backend: str | None) -> None:
-    alice = _response()
-    carol = [_response("x" * 700) for _ in range(5)]
-
-    async def scenario(store: ResponseStore) -> tuple[bool, list[bool]]:
-        await store.put("alice", alice)
-        for stored in carol:
-            await store.put("carol", stored)
-        kept = [await store.get("carol", s.response["id"]) is not None for s in carol]
-        return await store.get("alice", alice.response["id"]) is not None, kept
-
-    alice_kept, carol_kept = _run(_config(backend, max_stored_bytes_per_key=4096), scenario)
-    assert alice_kept
-    assert carol_kept == [False, False, False, True, True]
+    assert bob_kept == kept
 
 
 def test_a_delete_gives_back_its_bytes(backend: str | None) -> None:
