@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from gateway import jsoncodec
 from gateway.anthropic_answer import ChunkTranslator, chat_completion, chat_usage, is_overloaded_status
 from gateway.anthropic_request import messages_request
 from gateway.deltas import ToolCallAssembler
@@ -500,7 +501,7 @@ def assert_anthropic_shaped(request: dict[str, Any]) -> None:
         kinds = [block["type"] for block in turn["content"]]
         assert kinds and kinds == sorted(kinds, key=lambda kind: kind != "tool_result")
         assert all(block["text"] for block in turn["content"] if block["type"] == "text")
-    orjson.dumps(request)
+    jsoncodec.dumps(request)  # as the upstream client encodes it: integers past 64 bits included
 
 
 RICH = {
