@@ -321,7 +321,8 @@ class _End:
         if self.record.closed:
             return
         response = self.renderer.response
-        if self.parsed.store and response["status"] in ("completed", "incomplete"):
+        # A failed stream is stored too, as OpenAI does: its client saw the id in response.created.
+        if self.parsed.store and response["status"] in ("completed", "incomplete", "failed"):
             stored = StoredResponse(response, self.parsed.input_items, [*self.conversation, *response["output"]])
             await self.service.store.put(self.scope, stored)
         self.record.close(status, self.stats, self.labels, error)

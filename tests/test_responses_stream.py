@@ -234,6 +234,8 @@ def test_upstream_failure_mid_stream_ends_in_response_failed(
     assert failed.error.code == "server_error"
     for item in failed.output:
         assert item.type != "message" or item.status == "incomplete"
+    # Stored as it ended, as OpenAI does: the client saw its id in response.created.
+    assert client.responses.retrieve(failed.id).status == "failed"
     # The official client's own iteration ends there too, typed.
     upstream.enqueue(*MID_STREAM[fault]())
     events = list(client.responses.create(model=MODEL, input="Go on.", stream=True))
