@@ -1,13 +1,14 @@
 """HTTP routes: each parses, calls one function, renders the result.
 
-Chat completions and ``POST /v1/responses`` are served by ``gateway.app.GatewayApp`` directly, outside FastAPI.
+Chat completions, ``POST /v1/responses`` and the passthrough paths are served by ``gateway.app.GatewayApp``
+directly; these few GET and DELETE routes go through Starlette's router.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from gateway import metrics
 from gateway.errors import AuthenticationFailed, ModelNotFound, json_response
@@ -15,15 +16,12 @@ from gateway.responses import delete_response, list_input_items, retrieve_respon
 from gateway.routing import not_found_message
 from gateway.state import GatewayState
 
-router = APIRouter()
-
 
 def _state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
 
 
-@router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     state = _state(request)
     policy = state.chat.authenticator.caller(request.headers)
@@ -31,9 +29,9 @@ async def list_models(request: Request) -> Response:
     return json_response({"object": "list", "data": models})
 
 
-@router.get("/v1/models/{model_id:path}")
-async def retrieve_model(request: Request, model_id: str) -> Response:
+async def retrieve_model(request: Request) -> Response:
     """One model, as ``client.models.retrieve`` expects; 404 for a model the key may not use, as for a missing one."""
+    model_id: str = request.path_params["model_id"]
     state = _state(request)
     policy = state.chat.authenticator.caller(request.headers)
     if policy.allows_model(model_id):
@@ -43,27 +41,22 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
     raise ModelNotFound(not_found_message(model_id), param="model")
 
 
-@router.get("/v1/responses/{response_id}")
-async def get_response(request: Request, response_id: str) -> Response:
-    return await retrieve_response(_state(request).responses, request, response_id)
+async def get_response(request: Request) -> Response:
+    return await retrieve_response(_state(request).responses, request, request.path_params["response_id"])
 
 
-@router.delete("/v1/responses/{response_id}")
-async def remove_response(request: Request, response_id: str) -> Response:
-    return await delete_response(_state(request).responses, request, response_id)
+async def remove_response(request: Request) -> Response:
+    return await delete_response(_state(request).responses, request, request.path_params["response_id"])
 
 
-@router.get("/v1/responses/{response_id}/input_items")
-async def get_input_items(request: Request, response_id: str) -> Response:
-    return await list_input_items(_state(request).responses, request, response_id)
+async def get_input_items(request: Request) -> Response:
+    return await list_input_items(_state(request).responses, request, request.path_params["response_id"])
 
 
-@router.get("/healthz")
-async def healthz() -> Response:
+async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """Ready or not to anyone; which upstream or tool source is failing only to a valid key."""
     state = _state(request)
@@ -78,7 +71,18 @@ async def readyz(request: Request) -> Response:
     return json_response({**report, "unserved_models": unserved}, status)
 
 
-@router.get("/metrics")
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(request: Request) -> Response:
     content, content_type = metrics.render()
     return Response(content, media_type=content_type)
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
+    Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
+    Route("/v1/responses/{response_id}", remove_response, methods=["DELETE"]),
+    Route("/v1/responses/{response_id}/input_items", get_input_items, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", prometheus_metrics, methods=["GET"]),
+]

@@ -372,7 +372,7 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 config = {"upstreams": [{"name": "u", "base_url": "http://127.0.0.1:9/v1"}], "tracing": {"enabled": %s}}
 create_app(GatewayConfig.model_validate(config))
-# FastAPI and redis bring the OpenTelemetry API (and redis the metrics SDK) themselves; tracing's part is its own.
+# Libraries may bring the OpenTelemetry API (redis the metrics SDK) themselves; tracing's part is its own.
 ours = ("gateway.tracing", "opentelemetry.sdk.trace", "opentelemetry.exporter")
 print(json.dumps(sorted(m for m in sys.modules if m.startswith(ours))))
 """
