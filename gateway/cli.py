@@ -82,6 +82,8 @@ def serve(args: argparse.Namespace) -> int:
         "port": port,
         "log_config": None,
         "access_log": False,
+        # No WebSocket route: uvicorn need not load its WebSocket stack at start-up.
+        "ws": "none",
         # In-flight requests and streams get this long to finish after SIGTERM.
         "timeout_graceful_shutdown": config.server.shutdown_grace_s,
     }
