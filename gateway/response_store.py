@@ -17,9 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-import orjson
-
-from gateway import metrics
+from gateway import jsoncodec, metrics
 from gateway.config import GatewayConfig
 from gateway.scoped_store import MemoryScopedStore, ScopedStore
 
@@ -48,7 +46,8 @@ class StoredResponse:
 
 
 def encode(stored: StoredResponse) -> bytes:
-    return orjson.dumps(
+    """Raises JsonEncodeError. Exact for integers past 64 bits: a client's tool schema may hold one."""
+    return jsoncodec.dumps(
         {"response": stored.response, "input_items": stored.input_items, "conversation": stored.conversation}
     )
 
@@ -56,8 +55,8 @@ def encode(stored: StoredResponse) -> bytes:
 def decode(raw: bytes) -> StoredResponse | None:
     """The stored response; None when the bytes are not one (corrupt, or another version's)."""
     try:
-        data: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        data: Any = jsoncodec.loads_exact(raw)
+    except ValueError:
         return None
     if not isinstance(data, dict):
         return None
@@ -81,7 +80,11 @@ class ResponseStore:
         """Keep the response under its id; False when it was not stored (too large, backend down, bad id)."""
         if not valid_response_id(stored.response_id):
             return False
-        return await self.store.put(scope, stored.response_id, encode(stored))
+        try:
+            value = encode(stored)
+        except jsoncodec.JsonEncodeError:
+            return False
+        return await self.store.put(scope, stored.response_id, value)
 
     async def get(self, scope: str, response_id: str) -> StoredResponse | None:
         if not valid_response_id(response_id):

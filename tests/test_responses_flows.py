@@ -242,3 +242,20 @@ def test_length_finish_is_incomplete_for_max_output_tokens(
     assert response.max_output_tokens == 5 and response.output_text == "Once upon"
     assert response.output[0].type == "message" and response.output[0].status == "incomplete"
     assert upstream.bodies[0]["max_tokens"] == 5 and "max_output_tokens" not in upstream.bodies[0]
+
+
+def test_an_integer_past_64_bits_in_a_tool_schema_is_stored_and_echoed_exactly(
+    upstream: FakeUpstream, gateway: Gateway
+) -> None:
+    huge = 123456789012345678901234567890
+    schema = f'{{"type": "object", "properties": {{"n": {{"type": "integer", "maximum": {huge}}}}}}}'
+    body = (
+        f'{{"model": "{MODEL}", "input": "hi", "tools": [{{"type": "function", "name": "f", "parameters": {schema}}}]}}'
+    )
+    upstream.enqueue(completion("ok"))
+    with gateway.http() as http:
+        created = http.post("/v1/responses", content=body, headers={"content-type": "application/json"})
+        assert created.status_code == 200, created.text
+        stored = http.get(f"/v1/responses/{created.json()['id']}")
+    assert stored.status_code == 200
+    assert f'"maximum":{huge}' in stored.text.replace(" ", "")
