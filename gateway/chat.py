@@ -226,7 +226,7 @@ async def serve_chat(service: ChatService, request: Request) -> Response | Event
             if trace:
                 completion["x_gateway"] = {"rounds": stats.rounds, "tool_calls": stats.trace}
                 if stats.offered is not None:
-                    completion["x_gateway"]["offered_tools"] = stats.offered
+                    completion["x_gateway"]["offered_tools"] = stats.offered.trace()
             await record.admission.spend_tokens(stats.usage)
             try:
                 response = json_response(

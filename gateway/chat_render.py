@@ -174,7 +174,7 @@ class ChatStreamRenderer:
         # The round count is only known at the end: a comment every SSE parser skips.
         summary: dict[str, Any] = {"tool_rounds": stats.rounds, "max_rounds_reached": stats.max_rounds_reached}
         if self._trace and stats.offered is not None:
-            summary["offered_tools"] = stats.offered
+            summary["offered_tools"] = stats.offered.trace()
         return encode_comment("gateway", summary), DONE
 
 

@@ -118,8 +118,7 @@ class ToolLoop:
             self.server_tools, selection = offered_tools(
                 services.registry, policy, options, body, self.client_tools, services.selector
             )
-            if selection is not None:
-                self.stats.offered = selection.trace()
+            self.stats.offered = selection
         self._slots = services.executor.request_slots()
 
     @property

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.deltas import ToolCall
     from gateway.sse import SSEData
+    from gateway.tool_selection import Selection
     from gateway.tools.executor import ToolOutcome
 
 
@@ -138,7 +139,7 @@ class LoopStats:
     tool_wait_s: float = 0.0
     tools_called: list[str] = field(default_factory=list)
     trace: list[dict[str, Any]] = field(default_factory=list)
-    offered: list[dict[str, Any]] | None = None  # the ranked selection of server tools (tools.selection), if any
+    offered: Selection | None = None  # which server tools were offered, and their scores (tools.selection)
 
 
 @dataclass(slots=True)

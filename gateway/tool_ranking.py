@@ -12,6 +12,7 @@ offers every tool does not load them.
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -223,6 +224,14 @@ def _text(content: Any, limit: int) -> str:
             texts.append(text)
             limit -= len(text) + 1
     return "\n".join(texts)
+
+
+def latest_user_text(messages: list[Any], max_chars: int = sys.maxsize) -> str:
+    """The latest user message's text (of its first ``MAX_PARTS`` parts), at most ``max_chars`` long."""
+    for message in reversed(messages[-MAX_MESSAGES:]):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text(message.get("content"), max_chars)
+    return ""
 
 
 def conversation_query(messages: list[dict[str, Any]], max_chars: int = 2000) -> str:

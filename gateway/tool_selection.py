@@ -21,7 +21,7 @@ from typing import Any
 from gateway import metrics
 from gateway.config import ToolSelectionConfig
 from gateway.errors import InvalidRequest
-from gateway.tool_ranking import ToolRanker, conversation_query
+from gateway.tool_ranking import ToolRanker, conversation_query, latest_user_text
 from gateway.tools.registry import ToolRegistry
 
 log = logging.getLogger("gateway.tools.selection")
@@ -33,7 +33,7 @@ _MAX_PATTERN_CHARS = 128
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """The tools one request is offered, by name, with their ranking scores (None: kept without ranking)."""
+    """The tools one request is offered, by name, with their ranking scores (absent or None: not ranked)."""
 
     names: list[str]
     scores: dict[str, float | None]
@@ -70,19 +70,6 @@ def _called_earlier(messages: list[Any]) -> set[str]:
     return called
 
 
-def _latest_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content.lower()
-            if isinstance(content, list):
-                texts = [p.get("text") for p in content if isinstance(p, dict)]
-                return " ".join(t for t in texts if isinstance(t, str)).lower()
-            return ""
-    return ""
-
-
 class ToolSelector:
     """Per request, the offered tools that go to the model; the ranking index is built once per tool set."""
 
@@ -109,7 +96,7 @@ class ToolSelector:
     def select(self, offered: dict[str, dict[str, Any]], messages: list[Any], forced: str | None) -> Selection:
         """The names to offer, in the registry's order (a stable prefix for upstream prompt caches)."""
         if not self.ranks or len(offered) <= self.config.max_tools:
-            selection = Selection(list(offered), dict.fromkeys(offered))
+            selection = Selection(list(offered), {})  # none ranked: every score None
         else:
             selection = self._relevant(offered, messages, forced)
         metrics.OFFERED_TOOLS.observe(len(selection.names))
@@ -125,7 +112,7 @@ class ToolSelector:
             if name in pinned or any(fnmatchcase(name, pattern) for pattern in config.always):
                 kept[name] = None
         chosen: dict[str, float | None] = {}
-        latest = _latest_user_text(messages)
+        latest = latest_user_text(messages).lower()
         for keywords, patterns in self._groups:
             if latest and keywords.search(latest):
                 for name in offered:
