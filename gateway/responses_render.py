@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -63,6 +64,30 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+OUTPUT_TEXT = "output_text"
+REASONING_TEXT = "reasoning_text"
+
+
+def _text_part(kind: str, text: str) -> dict[str, Any]:
+    if kind == OUTPUT_TEXT:
+        return {"type": kind, "text": text, "annotations": [], "logprobs": []}
+    return {"type": kind, "text": text}
+
+
+def _logprobs(kind: str) -> dict[str, Any]:
+    """The answer text's events carry (empty) logprobs; reasoning text's do not."""
+    return {"logprobs": []} if kind == OUTPUT_TEXT else {}
+
+
+@dataclass(slots=True)
+class _Open:
+    """An output item still being written, its place in the output (which only grows), its text so far."""
+
+    item: dict[str, Any]
+    index: int
+    pieces: list[str] = field(default_factory=list)
+
+
 class ResponseRenderer:
     """Builds one response from the loop's events; ``render`` gives the SSE bytes of each change when streamed."""
 
@@ -76,12 +101,10 @@ class ResponseRenderer:
         self._stream = stream
         self._sequence = 0
         self._written: list[bytes] = []
-        self._message: dict[str, Any] | None = None  # the open message item, while a round speaks
-        self._text: list[str] = []
-        self._reasoning: dict[str, Any] | None = None
-        self._reasoning_text: list[str] = []
-        self._calls: dict[str, dict[str, Any]] = {}  # open mcp_call items by call id
-        self._client_items: dict[int, dict[str, Any]] = {}
+        self._message: _Open | None = None  # the open message item, while a round speaks
+        self._reasoning: _Open | None = None
+        self._calls: dict[str, _Open] = {}  # open mcp_call items by call id
+        self._client_items: dict[int, _Open] = {}
 
     # -- the stream's frame ------------------------------------------------------------------
 
@@ -154,91 +177,61 @@ class ResponseRenderer:
     def _text_delta(self, text: str) -> None:
         if self._message is None:
             self._close_reasoning()
-            self._message = {
-                "id": new_item_id("message"),
-                "type": "message",
-                "role": "assistant",
-                "status": "in_progress",
-                "content": [],
-            }
-            index = self._add(self._message)
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            self._emit(
-                "response.content_part.added",
-                item_id=self._message["id"],
-                output_index=index,
-                content_index=0,
-                part=part,
-            )
-        self._text.append(text)
-        self._emit(
-            "response.output_text.delta",
-            item_id=self._message["id"],
-            output_index=self._index_of(self._message),
-            content_index=0,
-            delta=text,
-            logprobs=[],
-        )
+            item = {"id": new_item_id("message"), "type": "message", "role": "assistant", "status": "in_progress"}
+            self._message = self._open_text(OUTPUT_TEXT, {**item, "content": []})
+        self._text_piece(self._message, OUTPUT_TEXT, text)
 
     def _reasoning_delta(self, text: str) -> None:
         if self._reasoning is None:
             self._close_message()
-            self._reasoning = {"id": new_item_id("reasoning"), "type": "reasoning", "summary": [], "content": []}
-            index = self._add(self._reasoning)
-            part = {"type": "reasoning_text", "text": ""}
-            self._emit(
-                "response.content_part.added",
-                item_id=self._reasoning["id"],
-                output_index=index,
-                content_index=0,
-                part=part,
-            )
-        self._reasoning_text.append(text)
-        self._emit(
-            "response.reasoning_text.delta",
-            item_id=self._reasoning["id"],
-            output_index=self._index_of(self._reasoning),
-            content_index=0,
-            delta=text,
-        )
-
-    def _index_of(self, item: dict[str, Any]) -> int:
-        # Open items are the newest or next to it: search from the end.
-        for index in range(len(self.output) - 1, -1, -1):
-            if self.output[index] is item:
-                return index
-        raise ValueError("item not in the output")
+            item = {"id": new_item_id("reasoning"), "type": "reasoning", "summary": [], "content": []}
+            self._reasoning = self._open_text(REASONING_TEXT, item)
+        self._text_piece(self._reasoning, REASONING_TEXT, text)
 
     def _close_message(self, status: str = "completed") -> None:
-        message = self._message
-        if message is None:
-            return
-        self._message = None
-        index = self._index_of(message)
-        text = "".join(self._text)
-        self._text = []
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        message["content"] = [part]
-        message["status"] = status
-        item_id = message["id"]
-        self._emit(
-            "response.output_text.done", item_id=item_id, output_index=index, content_index=0, text=text, logprobs=[]
-        )
-        self._emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
-        self._done(index)
+        message, self._message = self._message, None
+        if message is not None:
+            message.item["status"] = status
+            self._close_text(message, OUTPUT_TEXT)
 
     def _close_reasoning(self) -> None:
-        reasoning = self._reasoning
-        if reasoning is None:
-            return
-        self._reasoning = None
-        index = self._index_of(reasoning)
-        text = "".join(self._reasoning_text)
-        self._reasoning_text = []
-        part = {"type": "reasoning_text", "text": text}
-        reasoning["content"] = [part]
-        item_id = reasoning["id"]
-        self._emit("response.reasoning_text.done", item_id=item_id, output_index=index, content_index=0, text=text)
+        reasoning, self._reasoning = self._reasoning, None
+        if reasoning is not None:
+            self._close_text(reasoning, REASONING_TEXT)
+
+    # An item's one text part (``output_text`` of a message, ``reasoning_text`` of a reasoning item), as
+    # it opens, grows by deltas and closes: the same three steps and events, named after the part's type.
+
+    def _open_text(self, kind: str, item: dict[str, Any]) -> _Open:
+        opened = _Open(item, self._add(item))
+        self._emit(
+            "response.content_part.added",
+            item_id=item["id"],
+            output_index=opened.index,
+            content_index=0,
+            part=_text_part(kind, ""),
+        )
+        return opened
+
+    def _text_piece(self, opened: _Open, kind: str, text: str) -> None:
+        opened.pieces.append(text)
+        self._emit(
+            f"response.{kind}.delta",
+            item_id=opened.item["id"],
+            output_index=opened.index,
+            content_index=0,
+            delta=text,
+            **_logprobs(kind),
+        )
+
+    def _close_text(self, opened: _Open, kind: str) -> None:
+        text = "".join(opened.pieces)
+        part = _text_part(kind, text)
+        opened.item["content"] = [part]
+        item_id, index = opened.item["id"], opened.index
+        self._emit(
+            f"response.{kind}.done", item_id=item_id, output_index=index, content_index=0, text=text, **_logprobs(kind)
+        )
         self._emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
         self._done(index)
 
@@ -263,8 +256,8 @@ class ResponseRenderer:
         }
         if call.id in self._approved:
             item["approval_request_id"] = call.id
-        self._calls[call.id] = item
         index = self._add(item)
+        self._calls[call.id] = _Open(item, index)
         item_id = item["id"]
         self._emit("response.mcp_call.in_progress", item_id=item_id, output_index=index)
         self._emit("response.mcp_call_arguments.delta", item_id=item_id, output_index=index, delta=call.arguments)
@@ -272,11 +265,11 @@ class ResponseRenderer:
         self._emit("response.mcp_call_arguments.done", item_id=item_id, output_index=index, arguments=call.arguments)
 
     def _tool_finished(self, event: ServerToolFinished) -> None:
-        item = self._calls.pop(event.call_id, None)
-        if item is None:
+        opened = self._calls.pop(event.call_id, None)
+        if opened is None:
             return
         outcome = event.outcome
-        index = self._index_of(item)
+        item, index = opened.item, opened.index
         if outcome.error is None:
             item.update(status="completed", output=outcome.content, error=None)
             self._emit("response.mcp_call.completed", item_id=item["id"], output_index=index)
@@ -296,23 +289,22 @@ class ResponseRenderer:
             "arguments": "",
             "status": "in_progress",
         }
-        self._client_items[event.index] = item
-        self._add(item)
+        self._client_items[event.index] = _Open(item, self._add(item))
 
     def _client_call_arguments(self, event: ClientToolCallArguments) -> None:
-        item = self._client_items[event.index]
-        item["arguments"] += event.delta
+        opened = self._client_items[event.index]
+        opened.item["arguments"] += event.delta
         self._emit(
             "response.function_call_arguments.delta",
-            item_id=item["id"],
-            output_index=self._index_of(item),
+            item_id=opened.item["id"],
+            output_index=opened.index,
             delta=event.delta,
         )
 
     def _client_call_done(self, event: ClientToolCallDone) -> None:
-        item = self._client_items.pop(event.index)
+        opened = self._client_items.pop(event.index)
+        item, index = opened.item, opened.index
         item["status"] = "completed"
-        index = self._index_of(item)
         self._emit(
             "response.function_call_arguments.done", item_id=item["id"], output_index=index, arguments=item["arguments"]
         )
