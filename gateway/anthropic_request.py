@@ -20,22 +20,23 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.jsoncodec import loads_exact
-from gateway.responses_items import (
+from gateway.json_fields import (
+    Json,
     as_list,
     as_object,
-    field_path,
     invalid_type,
     invalid_value,
     missing_parameter,
     optional_bool,
+    optional_int,
+    optional_number,
     optional_object,
     optional_str,
+    required_object,
     required_str,
     shown,
 )
-
-Json = dict[str, Any]
+from gateway.jsoncodec import loads_exact
 
 UPSTREAM = "Anthropic Messages API"
 
@@ -92,20 +93,6 @@ def messages_request(body: dict[str, Any], *, default_max_tokens: int) -> dict[s
     _check_neutral_values(body)
     request = {"model": model, "messages": turns, "max_tokens": _max_tokens(body, default_max_tokens)}
     return request | {key: value for key, value in options.items() if value is not None}
-
-
-def _required_object(obj: Json, key: str, where: str) -> Json:
-    value = optional_object(obj, key, where)
-    if value is None:
-        raise missing_parameter(field_path(where, key))
-    return value
-
-
-def _number(body: Json, key: str, integer: bool = False) -> Any:
-    value = body.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int if integer else int | float)):
-        raise invalid_type(key, "an integer" if integer else "a number", value)
-    return value
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -198,7 +185,7 @@ def _user_blocks(message: Json, where: str) -> list[Json]:
 
 
 def _image_block(part: Json, where: str) -> Json:
-    image = _required_object(part, "image_url", where)
+    image = required_object(part, "image_url", where)
     url = required_str(image, "url", f"{where}.image_url")
     # ``detail`` is a resolution hint with no Anthropic counterpart; the image itself is what counts.
     optional_str(image, "detail", f"{where}.image_url")
@@ -246,7 +233,7 @@ def _tool_use(value: Any, where: str) -> Json:
     kind = optional_str(call, "type", where)
     if kind not in (None, "function"):
         raise unsupported(f"{where}.type", f"A '{shown(kind)}' tool call")
-    function = _required_object(call, "function", where)
+    function = required_object(call, "function", where)
     name = required_str(function, "name", f"{where}.function")
     arguments = function.get("arguments")
     if isinstance(arguments, dict):
@@ -308,7 +295,7 @@ def _tools(value: Any) -> list[Json]:
         kind = optional_str(tool, "type", f"tools[{i}]")
         if kind not in (None, "function"):
             raise unsupported(f"tools[{i}].type", f"A '{shown(kind)}' tool")
-        function = _required_object(tool, "function", f"tools[{i}]")
+        function = required_object(tool, "function", f"tools[{i}]")
         at = f"tools[{i}].function"
         # ``strict`` only narrows what the model may emit; the schema itself still travels.
         optional_bool(function, "strict", at)
@@ -331,7 +318,7 @@ def _tool_choice(value: Any, has_tools: bool, parallel: bool | None) -> Json | N
         kind = required_str(as_object(value, "tool_choice"), "type", "tool_choice")
         if kind != "function":
             raise unsupported("tool_choice.type", f"A '{shown(kind)}' tool_choice")
-        function = _required_object(value, "function", "tool_choice")
+        function = required_object(value, "function", "tool_choice")
         choice = {"type": "tool", "name": required_str(function, "name", "tool_choice.function")}
     if not has_tools:
         # Without tools, "auto" and "none" both mean plain text: nothing to send.
@@ -348,18 +335,18 @@ def _tool_choice(value: Any, has_tools: bool, parallel: bool | None) -> Json | N
 
 def _max_tokens(body: Json, default: int) -> int:
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    value = _number(body, key, integer=True)
+    value = optional_int(body, key)
     if value is None:
         return default
     if value < 1:
         raise invalid_value(key, f"must be at least 1; got {shown(value)}.")
-    return int(value)
+    return value
 
 
 def _sampling(body: Json) -> Json:
     options: Json = {}
     for key in ("temperature", "top_p"):
-        value = _number(body, key)
+        value = optional_number(body, key)
         # Anthropic's range for both is 0..1 (OpenAI's temperature goes to 2): refused, not clamped.
         if value is not None and not 0 <= value <= 1:
             raise invalid_value(key, f"the {UPSTREAM} accepts 0 to 1; got {shown(value)}.")
@@ -381,10 +368,10 @@ def _sampling(body: Json) -> Json:
 
 def _check_neutral_values(body: Json) -> None:
     """Fields accepted only at the value that asks for nothing Anthropic lacks."""
-    if _number(body, "n", integer=True) not in (None, 1):
+    if optional_int(body, "n") not in (None, 1):
         raise unsupported("n", "More than one choice ('n' other than 1)")
     for key in ("presence_penalty", "frequency_penalty"):
-        if _number(body, key) not in (None, 0):
+        if optional_number(body, key) not in (None, 0):
             raise unsupported(key, f"A non-zero '{key}'")
     if optional_bool(body, "logprobs", ""):
         raise unsupported("logprobs", "'logprobs'")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.responses_items import (
+from gateway.json_fields import (
     Json,
     as_object,
     invalid_type,

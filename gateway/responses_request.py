@@ -16,19 +16,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
-from gateway.protocol import ChatRequest, load_object
-from gateway.responses_items import (
+from gateway.json_fields import (
     Json,
-    ToolResolver,
     as_list,
     as_object,
     field_path,
     invalid_type,
     invalid_value,
-    items_to_messages,
     missing_parameter,
-    normalize_input,
     optional_bool,
+    optional_int,
+    optional_number,
     optional_object,
     optional_str,
     required_str,
@@ -36,6 +34,8 @@ from gateway.responses_items import (
     string_list,
     unsupported_value,
 )
+from gateway.protocol import ChatRequest, load_object
+from gateway.responses_items import ToolResolver, items_to_messages, normalize_input
 from gateway.responses_mcp import McpToolRequest, mcp_tool
 
 __all__ = ["McpToolRequest", "ResponsesRequest", "ToolResolver", "items_to_messages", "parse_responses_request"]
@@ -380,11 +380,9 @@ def _metadata(value: Any) -> dict[str, str] | None:
 
 
 def _optional_int(body: Json, key: str, *, minimum: int, maximum: int | None = None) -> int | None:
-    value = body.get(key)
+    value = optional_int(body, key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid_type(key, "an integer", value)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise invalid_value(key, f"must be {bound}; got {shown(value)}.")
@@ -392,11 +390,9 @@ def _optional_int(body: Json, key: str, *, minimum: int, maximum: int | None = N
 
 
 def _optional_number(body: Json, key: str, maximum: int) -> int | float | None:
-    value = body.get(key)
+    value = optional_number(body, key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise invalid_type(key, "a number", value)
     if not 0 <= value <= maximum:
         raise invalid_value(key, f"must be between 0 and {maximum}; got {shown(value)}.")
     return value
