@@ -44,7 +44,7 @@ from gateway.protocol import ChatRequest, add_usage, chunk_usage, first_choice, 
 from gateway.routing import Route
 from gateway.tool_offer import DEFAULT_OPTIONS, LoopOptions, offered_tools, with_results_after_calls
 from gateway.tools.base import ToolContext
-from gateway.tools.executor import ToolExecutor, ToolOutcome
+from gateway.tools.executor import ToolExecutor, ToolOutcome, error_content
 from gateway.tools.registry import ToolRegistry
 from gateway.upstream import UpstreamHeaders
 
@@ -415,5 +415,5 @@ def _over_the_limit(call: ToolCall) -> dict[str, Any]:
     return {
         "role": "tool",
         "tool_call_id": call.id,
-        "content": '{"error": "Tool call limit for this request reached.", "type": "limit"}',
+        "content": error_content("Tool call limit for this request reached.", "limit"),
     }

@@ -39,12 +39,13 @@ from gateway.responses_render import ResponseRenderer
 from gateway.responses_request import McpToolRequest, ResponsesRequest, items_to_messages, parse_responses_request
 from gateway.tool_offer import LoopOptions
 from gateway.tool_selection import TOOLS_HEADER, header_filter
+from gateway.tools.executor import error_content
 from gateway.tools.registry import ToolRegistry
 
 RESPONSES_PATH = "/v1/responses"
 PYTHON_TOOLS_LABEL = "gateway"
 """The ``server_label`` of the gateway's own Python tools in ``mcp_call`` items."""
-DECLINED = '{"error": "The user declined to run this tool.", "type": "declined"}'
+DECLINED = error_content("The user declined to run this tool.", "declined")
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,8 @@ class ToolOutcome:
         return entry
 
 
-def _error_content(message: str, kind: str) -> str:
+def error_content(message: str, kind: str) -> str:
+    """A failed call's result as the model reads it, whoever failed it (the tool, a limit, the client)."""
     return orjson.dumps({"error": message, "type": kind}).decode()
 
 
@@ -134,7 +135,7 @@ class ToolExecutor:
         allowed: Callable[[str], bool] | None,
     ) -> ToolOutcome:
         def failed(kind: Outcome, message: str) -> ToolOutcome:
-            return ToolOutcome(call, _error_content(message, kind), kind, time.perf_counter() - started, message)
+            return ToolOutcome(call, error_content(message, kind), kind, time.perf_counter() - started, message)
 
         tool = self.registry.get(call.name)
         if tool is None or (allowed is not None and not allowed(call.name)):
