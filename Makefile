@@ -38,15 +38,15 @@ e2e: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# requirements.lock: the image's runtime dependencies, pinned with hashes, resolved from pyproject.toml by
-# pip-tools in a throwaway venv (the dev venv stays as it is). Run it after changing `dependencies`.
+# requirements.lock: the image's runtime dependencies (with the `semantic` extra), pinned with hashes, resolved from
+# pyproject.toml by pip-tools in a throwaway venv (the dev venv stays as it is). Run it after changing `dependencies`.
 PIP_TOOLS_VERSION := 7.6.2
 lock:
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(PYTHON) -m venv "$$tmp/venv" && \
 	"$$tmp/venv/bin/python" -m pip install --quiet "pip-tools==$(PIP_TOOLS_VERSION)" && \
 	"$$tmp/venv/bin/pip-compile" --quiet --generate-hashes --strip-extras --allow-unsafe \
-		--no-emit-index-url --no-emit-trusted-host --no-emit-find-links \
+		--no-emit-index-url --no-emit-trusted-host --no-emit-find-links --extra semantic \
 		--output-file requirements.lock pyproject.toml
 
 clean:

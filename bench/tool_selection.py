@@ -7,7 +7,7 @@ truth is among the top k. Prompt tokens of the offered schemas are ``len(json.du
 (tiktoken is not a dependency). The data is the ``bfcl-eval`` wheel from PyPI, fetched once into
 ``${GATEWAY_CACHE_DIR:-~/.cache/llm-tool-gateway}/bfcl/`` with ``pip download`` (never installed).
 
-    python -m bench.tool_selection [--output FILE] [--misses N] [--smoke]
+    python -m bench.tool_selection [--ranker hybrid|lexical] [--output FILE] [--misses N] [--smoke]
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.tool_ranking import ToolRanker, conversation_query
+from gateway import tool_embedding
+from gateway.tool_embedding import StaticEmbedder
+from gateway.tool_ranking import ToolRanker, conversation_query, latest_user_text
+from gateway.tool_selection import MAX_MEANING_CHARS
 
 BFCL_VERSION = "2026.3.23"
 SETS = ("BFCL_v4_live_multiple", "BFCL_v4_multiple")
@@ -145,22 +148,27 @@ def long_conversation(questions: list[Question], i: int) -> list[dict[str, Any]]
     return [m for q in earlier for m in q.messages if m.get("role") == "user"] + questions[i].messages
 
 
-def rank_cost(ranker: ToolRanker, queries: list[str], rounds: int) -> tuple[float, float]:
-    """p50 and p99 of one ``rank(query, 8)``, in µs."""
+def meaning(messages: list[dict[str, Any]]) -> str:
+    """What a hybrid ranker embeds of a conversation, as the gateway cuts it."""
+    return latest_user_text(messages, MAX_MEANING_CHARS)
+
+
+def rank_cost(ranker: ToolRanker, queries: list[tuple[str, str]], rounds: int) -> tuple[float, float]:
+    """p50 and p99 of one ``rank(query, 8, meaning)``, in µs."""
     samples = []
     for _ in range(rounds):
-        for query in queries:
+        for query, said in queries:
             start = time.perf_counter_ns()
-            ranker.rank(query, max(KS))
+            ranker.rank(query, max(KS), said)
             samples.append((time.perf_counter_ns() - start) / 1000)
     samples.sort()
     return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
-def built(pool: list[dict[str, Any]]) -> tuple[ToolRanker, float]:
+def built(pool: list[dict[str, Any]], embedder: StaticEmbedder | None) -> tuple[ToolRanker, float]:
     """A ranker for ``pool``, and how long building it took, in ms."""
     start = time.perf_counter()
-    ranker = ToolRanker(pool)
+    ranker = ToolRanker(pool, embedder)
     return ranker, (time.perf_counter() - start) * 1000
 
 
@@ -168,17 +176,20 @@ def percent(hits: list[bool]) -> float:
     return sum(hits) / len(hits) if hits else 0.0
 
 
-def run(sets: dict[str, tuple[list[str], list[str]]], source: str, misses: int, rounds: int) -> tuple[str, bool]:
+def run(
+    sets: dict[str, tuple[list[str], list[str]]], source: str, misses: int, rounds: int, hybrid: bool
+) -> tuple[str, bool]:
     """The Markdown report, and whether every goal was met."""
     start = time.perf_counter()
     import bm25s  # noqa: F401  (here, so that the build times below are the index's alone)
 
+    embedder = tool_embedding.embedder() if hybrid else None
     import_ms = (time.perf_counter() - start) * 1000
     pool, questions = load(sets)
-    ranker, build_ms = built(pool)
+    ranker, build_ms = built(pool, embedder)
     by_name = {entry["function"]["name"]: entry for entry in pool}
-    queries = [conversation_query(q.messages) for q in questions]
-    ranked = [[name for name, _ in ranker.rank(query, max(KS))] for query in queries]
+    queries = [(conversation_query(q.messages), meaning(q.messages)) for q in questions]
+    ranked = [[name for name, _ in ranker.rank(query, max(KS), said)] for query, said in queries]
 
     columns = [*sorted({q.set_name for q in questions}), "all"]
     found: dict[tuple[str, int], list[bool]] = {(c, k): [] for c in columns for k in KS}
@@ -196,14 +207,17 @@ def run(sets: dict[str, tuple[list[str], list[str]]], source: str, misses: int, 
     cuts = {k: 1 - statistics.mean(offered[k]) / pool_tokens for k in KS}
 
     p50, p99 = rank_cost(ranker, queries, rounds)
-    big, big_build_ms = built(padded(pool, COST_TOOLS))
+    big, big_build_ms = built(padded(pool, COST_TOOLS), embedder)
     big_p50, big_p99 = rank_cost(big, queries, rounds)
-    long_queries = [conversation_query(long_conversation(questions, i)) for i in range(len(questions))]
+    long_conversations = [long_conversation(questions, i) for i in range(len(questions))]
+    long_queries = [(conversation_query(messages), meaning(messages)) for messages in long_conversations]
     long_p50, long_p99 = rank_cost(big, long_queries, rounds)
     worst = max(big_p99, long_p99)
     top = max(KS)
 
-    out = [f"Data: {source}. Pool: {len(pool)} tools (deduplicated by name), {len(questions)} questions.", ""]
+    kind = "hybrid (BM25 and static word embeddings)" if hybrid else "lexical (BM25)"
+    out = [f"Data: {source}. Pool: {len(pool)} tools (deduplicated by name), {len(questions)} questions."]
+    out += [f"Ranker: {kind}.", ""]
     header = " | ".join(f"{c} ({len(found[c, top])})" for c in columns)
     out += [f"| recall: every ground-truth function in the top k | {header} |", "|---" * (len(columns) + 1) + "|"]
     out += [f"| k = {k} | " + " | ".join(f"{percent(found[c, k]):.1%}" for c in columns) + " |" for k in KS]
@@ -215,15 +229,17 @@ def run(sets: dict[str, tuple[list[str], list[str]]], source: str, misses: int, 
     out += [
         f"| {COST_TOOLS} (padded with renamed copies) | {big_build_ms:,.0f} ms | {big_p50:.0f} µs | {big_p99:.0f} µs |"
     ]
-    long_chars = statistics.mean(map(len, long_queries))
+    long_chars = statistics.mean(len(query) for query, _ in long_queries)
     out += [
         f"| {COST_TOOLS}, long conversations ({long_chars:,.0f} chars) | - | {long_p50:.0f} µs | {long_p99:.0f} µs |"
     ]
     out += [
         "",
-        f"Ranking is `rank(query, {top})` alone, the query made beforehand, {rounds} pass(es) over every question; "
-        f"a long conversation is each question after the {LONG_CONTEXT} before it, as `conversation_query` cuts it. "
-        f"Importing bm25s and numpy took {import_ms:,.0f} ms, once, before the first build.",
+        f"Ranking is `rank(query, {top}, meaning)` alone, the query made beforehand, {rounds} pass(es) over every "
+        f"question; a long conversation is each question after the {LONG_CONTEXT} before it, as "
+        "`conversation_query` cuts it. "
+        + ("Importing bm25s and numpy and loading the embeddings" if hybrid else "Importing bm25s and numpy")
+        + f" took {import_ms:,.0f} ms, once, before the first build.",
         "",
     ]
     recall_at_top = percent(found["all", top])
@@ -245,6 +261,7 @@ def run(sets: dict[str, tuple[list[str], list[str]]], source: str, misses: int, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tool_selection", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a built-in sample of a dozen tools, no download")
+    parser.add_argument("--ranker", choices=("hybrid", "lexical"), default="hybrid", help="tools.selection.ranker")
     parser.add_argument("--wheel", type=Path, help=f"a bfcl_eval-{BFCL_VERSION} wheel already at hand")
     parser.add_argument("--misses", type=int, default=0, help="list this many questions missed at k=8")
     parser.add_argument("--rounds", type=int, help="timed passes over the questions (default 3; 20 with --smoke)")
@@ -255,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         wheel = args.wheel or fetch_wheel()
         sets, source = bfcl_sets(wheel), f"bfcl-eval {BFCL_VERSION} ({', '.join(SETS)})"
-    report, _ = run(sets, source, args.misses, args.rounds or (20 if args.smoke else 3))
+    rounds = args.rounds or (20 if args.smoke else 3)
+    report, _ = run(sets, source, args.misses, rounds, args.ranker == "hybrid")
     print(report, end="")
     if args.output:
         args.output.write_text(report)

@@ -12,12 +12,14 @@ from e2e.conftest import ROOT, GatewayProcess, Upstream
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
-@pytest.fixture(scope="module")
-def selective(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+@pytest.fixture(scope="module", params=["lexical", "hybrid"])
+def selective(
+    upstream: Upstream, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[GatewayProcess]:
     tools = {
         "paths": [str(ROOT / "tools")],
         "enabled": ["calculate", "current_time"],
-        "selection": {"mode": "relevant", "max_tools": 1},
+        "selection": {"mode": "relevant", "max_tools": 1, "ranker": request.param},
     }
     process = GatewayProcess(upstream, tmp_path_factory.mktemp("selective"), {"tools": tools})
     try:
@@ -40,7 +42,7 @@ def test_a_question_no_tool_fits_costs_what_it_costs_direct(
     direct = _prompt_tokens(upstream.base_url, upstream.api_key, model, HELLO)
     every_tool = _prompt_tokens(f"{gateway.url}/v1", "e2e", model, HELLO)
     relevant = _prompt_tokens(f"{selective.url}/v1", "e2e", model, HELLO)
-    # No tool shares a word with "Say hello": none is offered, and the prompt is the direct one.
+    # No tool shares a word with "Say hello", nor comes near it in meaning: none is offered, the prompt is direct.
     assert relevant == direct < every_tool, (direct, relevant, every_tool)
 
 

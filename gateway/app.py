@@ -215,6 +215,8 @@ def create_app(config: GatewayConfig, base_dir: Path | None = None) -> GatewayAp
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if state.mcp is not None:
             await state.mcp.start()
+        if state.chat.services.selector is not None:
+            await state.chat.services.selector.warm()
         await state.start_watching_models()
         # Everything loaded so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise cost tens of ms at the tail.

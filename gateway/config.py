@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway import tool_embedding
+
 DEFAULT_CONFIG_PATH = "config/gateway.yaml"
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
@@ -368,8 +370,18 @@ class ToolSelectionConfig(_Strict):
 
     mode: Literal["all", "relevant"] = "all"
     max_tools: int = Field(6, ge=1, description="mode relevant: tools ranked in per request, beyond the pinned ones")
+    ranker: Literal["lexical", "hybrid"] = Field(
+        "lexical", description="mode relevant: BM25 over the tools' words, or BM25 plus static word embeddings"
+    )
     always: list[str] = Field(default_factory=list, description="tool names or glob patterns offered regardless")
     groups: dict[str, ToolGroup] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _embeddings_installed(self) -> ToolSelectionConfig:
+        # Found at load (check-config too), not at the first request that ranks.
+        if self.ranker == "hybrid" and not tool_embedding.available():
+            raise ValueError(tool_embedding.MISSING)
+        return self
 
 
 class ToolsConfig(_Strict):

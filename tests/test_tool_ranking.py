@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import tool_embedding
 from gateway.tool_ranking import MAX_MESSAGES, ToolRanker, conversation_query
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,3 +241,50 @@ def test_a_huge_query_is_read_only_up_to_its_bound(ranker: ToolRanker) -> None:
     assert ranker.rank("weather " + "zzz " * 5_000_000 + "email", 5) == [
         ("get_current_weather", ranker.rank("weather", 1)[0][1])
     ]
+
+
+@pytest.fixture(scope="module")
+def hybrid() -> ToolRanker:
+    return ToolRanker(TOOLS, tool_embedding.embedder())
+
+
+def test_hybrid_finds_a_tool_described_in_other_words(ranker: ToolRanker, hybrid: ToolRanker) -> None:
+    query = "Book me a plane ticket to Rome next Friday"
+    assert ranker.rank(query, 3) == []  # not one word in common
+    assert names(hybrid.rank(query, 3, query)) == ["searchFlights"]
+
+
+def test_hybrid_offers_small_talk_nothing(hybrid: ToolRanker) -> None:
+    for query in ("Say hello.", "Hi!", "Thanks, that's all."):
+        assert hybrid.rank(query, 3, query) == []
+
+
+def test_hybrid_keeps_the_tool_a_query_names_first(hybrid: ToolRanker) -> None:
+    query = "Use send_email to tell Bob the flight is late"
+    ranked = hybrid.rank(query, 3, query)
+    assert names(ranked)[0] == "send_email"
+    assert [score for _, score in ranked] == sorted((score for _, score in ranked), reverse=True)
+
+
+def test_hybrid_without_a_meaning_ranks_by_words_alone(ranker: ToolRanker, hybrid: ToolRanker) -> None:
+    query = "weather in Paris"
+    assert names(hybrid.rank(query, 3)) == names(ranker.rank(query, 3))
+
+
+def test_embeddings_are_unit_rows_and_bounded() -> None:
+    embedder = tool_embedding.embedder()
+    rows = embedder.embed(["flights to Rome", "", "x " * 100_000, "🙂"])
+    assert rows.shape == (4, tool_embedding.DIMENSIONS)
+    norms = [float(sum(v * v for v in row)) for row in rows.tolist()]
+    assert norms[0] == pytest.approx(1.0, abs=1e-5) and norms[1] == 0.0
+    assert norms[2] == pytest.approx(1.0, abs=1e-5)
+    same = embedder.embed(["x " * (tool_embedding.MAX_TEXT_CHARS // 2)])[0]
+    assert rows[2].tolist() == pytest.approx(same.tolist(), abs=1e-6)  # nothing past the bound is read
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(max_size=300), max_size=5))
+def test_any_text_embeds_to_a_finite_row(texts: list[str]) -> None:
+    rows = tool_embedding.embedder().embed(texts)
+    assert rows.shape == (len(texts), tool_embedding.DIMENSIONS)
+    assert all(-1.0001 <= value <= 1.0001 for row in rows.tolist() for value in row)

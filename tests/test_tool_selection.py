@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from tests.conftest import Gateway, GatewayFactory
+from gateway.config import ToolsConfig, ToolSelectionConfig
+from gateway.tool_selection import ToolSelector
+from gateway.tools import tool
+from gateway.tools.function import tool_of
+from gateway.tools.registry import ToolRegistry
+from tests.conftest import TOOL_FIXTURES, Gateway, GatewayFactory
 from tests.fake_upstream import MODEL, FakeUpstream, Sse, call, chunk, completion
 from tests.test_observability import scrape, total
 
+ROOT = Path(__file__).resolve().parent.parent
 WEATHER_QUESTION = [{"role": "user", "content": "What's the current weather in Paris?"}]
 
 
@@ -111,3 +121,78 @@ def test_the_responses_api_takes_the_header_too(upstream: FakeUpstream, gateway:
     upstream.enqueue(completion("ok"))
     gateway.client().responses.create(model=MODEL, input="Weather?", extra_headers={"x-gateway-tools": "get_weather"})
     assert _offered(upstream.bodies[0]) == ["get_weather"]
+
+
+def test_the_hybrid_ranker_offers_the_relevant_tool_and_nothing_for_small_talk(
+    upstream: FakeUpstream, make_gateway: GatewayFactory
+) -> None:
+    gateway = make_gateway({"tools": {"selection": {"mode": "relevant", "max_tools": 1, "ranker": "hybrid"}}})
+    upstream.enqueue(completion("Sunny."), completion("Hello!"))
+    raw = gateway.client().chat.completions.create(
+        model=MODEL,
+        messages=WEATHER_QUESTION,  # type: ignore[arg-type]
+        extra_headers={"x-gateway-trace": "1"},
+    )
+    assert _offered(upstream.bodies[0]) == ["get_weather"]
+    (entry,) = (raw.model_extra or {})["x_gateway"]["offered_tools"]
+    assert entry["name"] == "get_weather" and entry["score"] > 1.0  # the best BM25 scales to 1, the cosine adds
+    gateway.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}])
+    assert _offered(upstream.bodies[1]) == []
+
+
+def test_the_hybrid_ranker_without_its_package_is_refused_at_load(tmp_path: Path) -> None:
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        "upstreams: [{name: up, base_url: 'http://127.0.0.1:9/v1'}]\n"
+        "tools: {selection: {mode: relevant, ranker: hybrid}}\n"
+    )
+    # A None entry in sys.modules is how Python marks a module as absent: find_spec then finds nothing.
+    code = "import sys; sys.modules['wordllama'] = None; from gateway.cli import main; sys.exit(main())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 1
+    assert "tools.selection" in done.stderr and "llm-tool-gateway[semantic]" in done.stderr, done.stderr
+    accepted = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def test_a_changed_tool_set_is_reindexed_off_the_loop_while_the_old_index_serves() -> None:
+    @tool
+    def translate_text(text: str, language: str) -> str:
+        """Translate a text into another language.
+
+        Args:
+            text: What to translate.
+            language: The language to translate into.
+        """
+        return text
+
+    new_tool = tool_of(translate_text)
+    assert new_tool is not None
+    registry = ToolRegistry.from_config(ToolsConfig(paths=[str(TOOL_FIXTURES)]))
+    selector = ToolSelector(ToolSelectionConfig(mode="relevant", max_tools=1), registry)
+    question: list[Any] = [{"role": "user", "content": "Please translate this text into French."}]
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        await selector.warm()
+        registry.add([new_tool])  # as an MCP server announcing a new tool would
+        offered = {t.name: t.definition() for t in registry.enabled()}
+        during = selector.select(offered, question, None).names  # answered at once, from the index before
+        await selector.rebuilt()
+        return during, selector.select(offered, question, None).names
+
+    during, after = asyncio.run(scenario())
+    assert "translate_text" not in during
+    assert after == ["translate_text"]
+    registry.close()
