@@ -222,6 +222,9 @@ class UpstreamConfig(_Strict):
     server_tools: bool = True
     stream_usage: bool = Field(True, description="ask for stream_options.include_usage; off for servers that reject it")
     max_connections: int = Field(256, ge=1)
+    max_answer_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="a non-streamed answer (decompressed) larger than this is a 502"
+    )
     anthropic_version: str = Field("2023-06-01", description="api: anthropic; sent as the anthropic-version header")
     default_max_tokens: int = Field(
         4096, ge=1, description="api: anthropic; max_tokens when the client sets none (Anthropic requires one)"

@@ -40,6 +40,9 @@ T = TypeVar("T")
 _CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 MODELS_CACHE_S = 30.0
+# An error status's body says what went wrong in its first bytes; a models list is names. Both bounded.
+MAX_ERROR_BYTES = 1024 * 1024
+MAX_MODELS_BYTES = 16 * 1024 * 1024
 
 # Client headers that describe the client's own connection or credentials, not the request.
 DROPPED_REQUEST_HEADERS = frozenset(
@@ -207,6 +210,27 @@ class Upstream:
 
         return counted
 
+    async def _read(self, response: aiohttp.ClientResponse, limit: int = 0, *, truncate: bool = False) -> bytes:
+        """A whole answer body, at most ``limit`` bytes (``max_answer_bytes`` by default) once decompressed: past
+        it, the first ``limit`` bytes when ``truncate``, else a 502. A model's answer is untrusted: neither a
+        runaway body nor a compressed bomb may take the worker's memory."""
+        limit = limit or self.config.max_answer_bytes
+        length = response.content_length
+        if length is not None and length <= limit and "Content-Encoding" not in response.headers:
+            return await response.read()  # the common case: declared, plain and within bounds
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in response.content.iter_any():
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                if truncate:
+                    return b"".join(pieces)[:limit]
+                raise UpstreamUnavailable(
+                    f"upstream {self.name!r} answered with more than {limit} bytes", retryable=False
+                )
+        return b"".join(pieces)
+
     def error_payload(self, payload: Any, status: int) -> dict[str, Any]:
         """Any error this upstream sent (a status body, an error event), in OpenAI's shape, secrets redacted."""
         return self.redactor.payload(as_openai_error(payload, status))  # type: ignore[no-any-return]
@@ -238,10 +262,11 @@ class Upstream:
         async def attempt() -> dict[str, Any]:
             try:
                 async with self.session.post(self._chat_url, data=content, headers=headers) as response:
-                    received = await response.read()
                     status = response.status
                     if status >= 400:
-                        raise self._status_error(status, response.headers, received)
+                        error = await self._read(response, MAX_ERROR_BYTES, truncate=True)
+                        raise self._status_error(status, response.headers, error)
+                    received = await self._read(response)
             except _CLIENT_ERRORS as exc:
                 raise self._translate(exc) from exc
             parsed = self.parse_answer(received)
@@ -281,7 +306,7 @@ class Upstream:
             response = await self.session.post(url, data=content, headers=headers)
             if response.status >= 400:
                 try:
-                    error_content = await response.read()
+                    error_content = await self._read(response, MAX_ERROR_BYTES, truncate=True)
                 finally:
                     response.release()
                 raise self._status_error(response.status, response.headers, error_content)
@@ -313,7 +338,7 @@ class Upstream:
         async def attempt() -> tuple[int, bytes]:
             response = await self._open(url, content, headers)
             try:
-                return response.status, await response.read()
+                return response.status, await self._read(response)
             except _CLIENT_ERRORS as exc:
                 raise self._translate(exc) from exc
             finally:
@@ -363,7 +388,7 @@ class Upstream:
         """The upstream's own ``/models`` list, uncached; empty when it has none or does not answer."""
         try:
             async with self.session.get(self._models_url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                content = await response.read()
+                content = await self._read(response, MAX_MODELS_BYTES)
                 ok = response.status == 200
             data = orjson.loads(content).get("data") if ok else None
         except (*_CLIENT_ERRORS, orjson.JSONDecodeError, AttributeError):

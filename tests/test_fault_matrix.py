@@ -9,6 +9,7 @@ does not.
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,3 +188,49 @@ def test_upstream_fault(
     if tools and len(upstream.bodies) > 1:
         tool_messages = [m for m in upstream.bodies[1]["messages"] if m.get("role") == "tool"]
         assert [m["content"] for m in tool_messages] == ["5"]
+
+
+BOUNDED = {**FAST, "max_answer_bytes": 4096}
+BIG_ANSWER = orjson.dumps(completion("x" * 100_000).body)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Json(None, raw=BIG_ANSWER),  # declared by Content-Length
+        Json(None, raw=gzip.compress(BIG_ANSWER), headers={"content-encoding": "gzip"}),  # 1 KB on the wire
+        Sse([BIG_ANSWER[i : i + 1000] for i in range(0, len(BIG_ANSWER), 1000)], done=False),  # chunked, no length
+    ],
+    ids=["declared", "gzip-bomb", "chunked"],
+)
+def test_an_answer_over_max_answer_bytes_is_a_502_not_retried(
+    upstream: FakeUpstream, make_gateway: GatewayFactory, reply: Reply
+) -> None:
+    gateway = make_gateway(upstream_overrides=BOUNDED)
+    upstream.enqueue(reply)
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+        response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    assert response.status_code == 502, response.content[:500]
+    error = openai_error(response.content)
+    assert "more than 4096 bytes" in error["message"] and error["code"] == "upstream_unavailable"
+    assert len(upstream.bodies) == 1  # the same answer would come back: not retried
+    fine = orjson.dumps(completion("fine").body)  # type: ignore[union-attr]
+    upstream.enqueue(Json(None, raw=gzip.compress(fine), headers={"content-encoding": "gzip"}))
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:  # a compressed answer within bounds is read
+        answer = http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER}).json()
+    assert answer["choices"][0]["message"]["content"] == "fine"
+
+
+def test_passthrough_answers_and_error_bodies_are_bounded_too(
+    upstream: FakeUpstream, make_gateway: GatewayFactory
+) -> None:
+    gateway = make_gateway(upstream_overrides=BOUNDED)
+    huge_error = {"error": {"message": "x" * 3_000_000, "type": "server_error", "param": None, "code": None}}
+    upstream.enqueue(Json({"data": [{"embedding": [0.5] * 10_000}]}), _status(500, huge_error))
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+        embeddings = http.post("/v1/embeddings", json={"model": MODEL, "input": "hi"})
+        failed = http.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    assert embeddings.status_code == 502 and "more than 4096 bytes" in openai_error(embeddings.content)["message"]
+    assert failed.status_code == 500
+    openai_error(failed.content)
+    assert len(failed.content) < 1_100_000  # the error's first MiB at most, not its 3 MB
