@@ -157,6 +157,13 @@ def _several_workers(run: Run, high: int) -> list[Line]:
     else:
         ratio = many.rps / one.rps
         measured = f"{ratio:.2f}x ({many.rps:.0f} vs {one.rps:.0f} req/s)"
+        ceiling = workers.ceiling(one.rps)
+        if ceiling is not None and workers.others_cpu_s is not None and many.cpu_per_request_ms is not None:
+            others_ms = workers.others_cpu_s / many.sent * 1000
+            measured += (
+                f"; the ceiling on these two cores is {ceiling:.2f}x: per request {many.cpu_per_request_ms:.3f} ms "
+                f"of CPU in the workers and {others_ms:.3f} ms in the fake upstream, Redis and the load generator"
+            )
         lines.append(Line("7", label, "≥ 1.7x", measured, ratio >= 1.7 and not many.errors))
     counted = workers.metrics_counted
     measured = f"{counted:.0f} counted, {many.sent} sent" if counted is not None else "not measured"

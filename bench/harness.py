@@ -56,6 +56,7 @@ class Bench:
         self.children: list[Child] = []
         self.scenarios = [s for s in SCENARIOS if not args.scenarios or s.name in args.scenarios]
         self.upstream_port = 0
+        self.upstream_child: Child | None = None
         a = args
         self.run = Run(
             machine=machine(),
@@ -253,7 +254,10 @@ class Bench:
         workers.leader = gateway.pid
         before = requests_counted(port)
         chat = next(s for s in SCENARIOS if s.name == "chat")
+        others_before = redis.cpu_seconds() + (self.upstream_child.cpu_seconds() if self.upstream_child else 0.0)
         workers.point, sampled = self.load(chat, "gateway", port, max(self.args.concurrency), gateway)
+        others_after = redis.cpu_seconds() + (self.upstream_child.cpu_seconds() if self.upstream_child else 0.0)
+        workers.others_cpu_s = others_after - others_before + workers.point.load_cpu * sampled.elapsed_s
         workers.metrics_counted = requests_counted(port) - before
         workers.affinity = gateway.affinity()
         # Only the processes that did the work: the workers, not the supervisor or spawn's resource tracker.
@@ -276,6 +280,7 @@ class Bench:
         upstream = self.start(
             "upstream", [sys.executable, "-m", "bench.upstream", f"--port={self.upstream_port}"], self.layout.upstream
         )
+        self.upstream_child = upstream
         wait_ready(upstream, self.upstream_port, "/v1/models", READY_TIMEOUT_S)
 
         gateway, port = self.start_gateway(1, self.run.gateway)

@@ -107,6 +107,18 @@ class Workers:
     # The cores each worker (a process that did a tenth or more of the work) was seen on.
     ran_on: dict[int, set[int]] = field(default_factory=dict)
     leader: int = 0
+    # CPU seconds the fake upstream, Redis and the load generator used during the load: on two cores shared with
+    # them, the workers get what is left, which bounds the ratio to one worker (``ceiling``).
+    others_cpu_s: float | None = None
+
+    def ceiling(self, one_rps: float) -> float | None:
+        """The most the ratio to one worker could be here: both cores busy at this run's CPU per request, all
+        processes counted, over the one-worker throughput."""
+        point = self.point
+        if point is None or not point.sent or point.proxy_cpu_s is None or self.others_cpu_s is None or not one_rps:
+            return None
+        per_request_s = (point.proxy_cpu_s + self.others_cpu_s) / point.sent
+        return 2 / per_request_s / one_rps if per_request_s > 0 else None
 
 
 @dataclass(slots=True)
