@@ -209,6 +209,9 @@ class ToolRanker:
         """The ranked tools' names, in the order they were given."""
         return list(self._names)
 
+    def __len__(self) -> int:
+        return self._n
+
     @property
     def hybrid(self) -> bool:
         return self._meanings is not None

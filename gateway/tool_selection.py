@@ -169,7 +169,7 @@ class ToolSelector:
         if room > 0:
             ranker = self._ranker_now()
             # The index covers every enabled tool: ask for enough to fill the room with offered ones.
-            unoffered = max(0, len(ranker.names) - len(offered))
+            unoffered = max(0, len(ranker) - len(offered))
             meaning = said[:MAX_MEANING_CHARS] if ranker.hybrid else ""
             ranked = ranker.rank(conversation_query(messages), room + len(kept) + unoffered, meaning)
             for name, score in ranked:
