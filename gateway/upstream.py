@@ -388,7 +388,7 @@ class Upstream:
         """The upstream's own ``/models`` list, uncached; empty when it has none or does not answer."""
         try:
             async with self.session.get(self._models_url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-                content = await self._read(response, MAX_MODELS_BYTES)
+                content = await self._read(response, MAX_MODELS_BYTES, truncate=True)  # cut: not JSON, so []
                 ok = response.status == 200
             data = orjson.loads(content).get("data") if ok else None
         except (*_CLIENT_ERRORS, orjson.JSONDecodeError, AttributeError):

@@ -285,6 +285,15 @@ def test_models_lists_configured_and_upstream_models(upstream: FakeUpstream, mak
         backup.stop()
 
 
+def test_a_models_list_over_its_bound_counts_as_none(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
+    gateway = make_gateway()
+    upstream.models = [f"model-{i:06d}-" + "x" * 100 for i in range(150_000)]  # about 18 MiB of JSON
+    with gateway.http() as http:
+        listed = http.get("/v1/models")
+    assert listed.status_code == 200, listed.text[:300]
+    assert not any(m["id"].startswith("model-") for m in listed.json()["data"])
+
+
 def test_health_and_readiness(upstream: FakeUpstream, make_gateway: GatewayFactory) -> None:
     gateway = make_gateway()
     with gateway.http() as http:
