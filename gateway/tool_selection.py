@@ -82,8 +82,8 @@ class ToolSelector:
         self.config = config
         self.registry = registry
         self._ranker: tuple[int, ToolRanker] | None = None
-        self._building: int | None = None  # the tool-set version whose index a thread is building
-        self._rebuild: asyncio.Future[ToolRanker] | None = None
+        # The tool-set version whose index a thread is building, and that build.
+        self._rebuild: tuple[int, asyncio.Future[ToolRanker]] | None = None
         self._groups = [
             (re.compile(r"\b(?:" + "|".join(re.escape(k.lower()) for k in group.keywords) + r")\b"), group.tools)
             for group in config.groups.values()
@@ -117,24 +117,24 @@ class ToolSelector:
         current = self._ranker
         if current is None:  # not warmed (an app without its lifespan): build it here, once
             self._ranker = current = (version, self._build(self._definitions()))
-        elif current[0] != version and self._building != version:
-            self._building = version
+        elif current[0] != version and (self._rebuild is None or self._rebuild[0] != version):
             future = asyncio.get_running_loop().run_in_executor(None, self._build, self._definitions())
             future.add_done_callback(functools.partial(self._built, version))
-            self._rebuild = future
+            self._rebuild = (version, future)
         return current[1]
 
     async def rebuilt(self) -> None:
         """Until the rebuild in progress, if any, is done (its outcome is handled by ``_built``)."""
         if self._rebuild is not None:
-            await asyncio.wait([self._rebuild])
+            await asyncio.wait([self._rebuild[1]])
 
     def _built(self, version: int, future: asyncio.Future[ToolRanker]) -> None:
         if future.cancelled():
             return
         if (error := future.exception()) is not None:
             log.error("rebuilding the tool index failed", exc_info=error)
-            self._building = None  # the next request tries again
+            if self._rebuild is not None and self._rebuild[0] == version:
+                self._rebuild = None  # the next request tries again
             return
         if self._ranker is None or self._ranker[0] < version:
             self._ranker = (version, future.result())
