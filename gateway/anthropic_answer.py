@@ -199,17 +199,17 @@ class ChunkTranslator:
         handler = _HANDLERS.get(kind)
         return [] if handler is None else handler(self, event)
 
-    def _chunk(self, delta: Json, reason: str | None = None) -> SSEData:
+    def _envelope(self, what: str, **fields: Any) -> SSEData:
+        """A chat completion chunk of this message with ``fields``; ``what`` names the event that needs one."""
         if self._id is None:
-            raise _malformed("content before message_start")
-        chunk = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}],
-        }
+            raise _malformed(f"{what} before message_start")
+        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model}
+        chunk.update(fields)
         return SSEData(chunk, orjson.dumps(chunk))
+
+    def _chunk(self, delta: Json, reason: str | None = None) -> SSEData:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return self._envelope("content", choices=[choice])
 
     def _keep_usage(self, usage: Any) -> None:
         if usage is None:
@@ -287,17 +287,7 @@ class ChunkTranslator:
         return [self._chunk({}, finish_reason(delta.get("stop_reason")))]
 
     def _message_stop(self, event: Json) -> list[SSEData | None]:
-        if self._id is None:
-            raise _malformed("message_stop before message_start")
-        chunk = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [],
-            "usage": chat_usage(self._usage),
-        }
-        return [SSEData(chunk, orjson.dumps(chunk)), None]
+        return [self._envelope("message_stop", choices=[], usage=chat_usage(self._usage)), None]
 
     def _error(self, event: Json) -> list[SSEData | None]:
         payload = _error_payload(event.get("error"))
