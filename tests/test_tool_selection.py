@@ -18,6 +18,7 @@ from gateway.tools.function import tool_of
 from gateway.tools.registry import ToolRegistry
 from tests.conftest import TOOL_FIXTURES, Gateway, GatewayFactory
 from tests.fake_upstream import MODEL, FakeUpstream, Sse, call, chunk, completion
+from tests.test_cli import gateway_cli
 from tests.test_observability import scrape, total
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,13 +158,7 @@ def test_the_hybrid_ranker_without_its_package_is_refused_at_load(tmp_path: Path
     )
     assert done.returncode == 1
     assert "tools.selection" in done.stderr and "llm-tool-gateway[semantic]" in done.stderr, done.stderr
-    accepted = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    accepted = gateway_cli("check-config", "--config", str(config))
     assert accepted.returncode == 0, accepted.stderr
 
 
